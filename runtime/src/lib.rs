@@ -1,0 +1,13 @@
+//! Switchyard's runtime: where workers are (discovery) and how requests reach them (request
+//! plane). Everything here is chosen once at start-up behind a trait, so the frontend and the
+//! workers never know which store or transport they run on.
+
+pub mod discovery;
+pub mod error;
+pub mod plane;
+pub mod store;
+
+
+pub use error::{Error, Result};
+pub use plane::{ChunkStream, GenerateHandler, RequestClient};
+pub use store::{KvStore, LeaseId, WatchEvent, WatchStream};

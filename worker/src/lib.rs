@@ -1,0 +1,10 @@
+//! Switchyard workers: the [`Engine`] seam, the engines, and the service that registers a
+//! worker in discovery and serves its engine over the request plane.
+
+pub mod engine;
+pub mod error;
+pub mod mocker;
+pub mod service;
+
+
+pub use error::{Error, Result};
