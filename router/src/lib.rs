@@ -2,7 +2,9 @@
 //! instances — no I/O, no async — so it is tested and benchmarked on its own.
 
 pub mod block_hash;
+pub mod error;
 pub mod policy;
 
 pub use block_hash::block_hashes;
-
+pub use error::Error;
+pub use policy::{Candidate, Policy, PolicyKind, RandomPolicy, RequestInfo, RoundRobin};

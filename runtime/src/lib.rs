@@ -9,5 +9,6 @@ pub mod store;
 
 
 pub use error::{Error, Result};
+pub use discovery::{Discovery, InstanceWatch, Instances, Registration};
 pub use plane::{ChunkStream, GenerateHandler, RequestClient};
 pub use store::{KvStore, LeaseId, WatchEvent, WatchStream};

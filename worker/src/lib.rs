@@ -7,4 +7,6 @@ pub mod mocker;
 pub mod service;
 
 
+pub use engine::{Engine, EngineStream};
 pub use error::{Error, Result};
+pub use service::{WorkerConfig, serve};

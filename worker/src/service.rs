@@ -1,1 +1,192 @@
-//! placeholder
+//! The worker service: serves one engine over the request plane and registers it in
+//! discovery; on shutdown it deregisters first, then drains in-flight requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use switchyard_proto::{
+    ErrorKind, FinishReason, GenerateChunk, GenerateRequest, InstanceRecord, Role, WorkerError,
+};
+use switchyard_runtime::plane::tcp;
+use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::{Engine, Error, Result};
+
+/// How a worker presents itself and how long it waits on the way out.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unique id in the namespace; generated when `None`.
+    pub instance_id: Option<String>,
+    /// Host written into the instance record; the listener's IP when `None`. Set it when the
+    /// listener binds 0.0.0.0 (containers) so routers get a reachable address.
+    pub advertise_host: Option<String>,
+    pub role: Role,
+    /// Lease TTL: how long a dead worker stays in routing at most.
+    pub lease_ttl: Duration,
+    /// Longest wait for in-flight requests to finish on shutdown; they are cancelled after.
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            instance_id: None,
+            advertise_host: None,
+            role: Role::Aggregated,
+            lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A generated instance id: short, unique enough within a namespace, readable in logs.
+pub fn new_instance_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Serves `engine` on `listener` until `shutdown`, registered in `discovery` meanwhile.
+/// Returns once the worker has deregistered, drained and stopped its server.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<dyn Engine>,
+    discovery: Discovery,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    let record = InstanceRecord {
+        instance_id: config.instance_id.clone().unwrap_or_else(new_instance_id),
+        namespace: discovery.namespace().to_owned(),
+        role: config.role.into(),
+        address: advertised_address(local, config.advertise_host.as_deref()),
+        card: Some(engine.card().clone()),
+        transport: "tcp".to_owned(),
+    };
+
+    let handler = Arc::new(WorkerHandler {
+        engine,
+        draining: CancellationToken::new(),
+        cancel_all: CancellationToken::new(),
+        in_flight: TaskTracker::new(),
+    });
+    let plane_stop = CancellationToken::new();
+    let server = tokio::spawn(tcp::serve(listener, handler.clone(), plane_stop.clone()));
+    let server = ServerTask { handle: Some(server), stop: plane_stop };
+
+    let registration = discovery
+        .register(record.clone(), config.lease_ttl, shutdown.child_token())
+        .await?;
+    info!(
+        instance = %record.instance_id,
+        address = %record.address,
+        model = %record.card.as_ref().map(|c| c.model.as_str()).unwrap_or_default(),
+        "worker serving"
+    );
+
+    shutdown.cancelled().await;
+    info!(instance = %record.instance_id, "shutting down: deregistering, then draining");
+    if let Err(e) = registration.deregister().await {
+        warn!(error = %e, "deregistration failed; the record expires with its lease");
+    }
+    handler.draining.cancel();
+    handler.in_flight.close();
+    let left = handler.in_flight.len();
+    if tokio::time::timeout(config.drain_timeout, handler.in_flight.wait()).await.is_err() {
+        warn!(left = handler.in_flight.len(), "drain timed out; cancelling what is left");
+        handler.cancel_all.cancel();
+        // Cancelled requests end with a final chunk promptly; bound the wait all the same.
+        let _ = tokio::time::timeout(Duration::from_secs(5), handler.in_flight.wait()).await;
+    } else if left > 0 {
+        info!(drained = left, "in-flight requests finished");
+    }
+    server.stop().await
+}
+
+fn advertised_address(local: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(host) => format!("{host}:{}", local.port()),
+        None => local.to_string(),
+    }
+}
+
+/// Owns the request-plane server task; stops it when asked or when dropped on an error path.
+struct ServerTask {
+    handle: Option<tokio::task::JoinHandle<switchyard_runtime::Result<()>>>,
+    stop: CancellationToken,
+}
+
+impl ServerTask {
+    async fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        match self.handle.take() {
+            Some(handle) => match handle.await {
+                Ok(result) => Ok(result?),
+                Err(e) => Err(Error::Engine(format!("request-plane server task failed: {e}"))),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Adapts an [`Engine`] to the request plane: numbers chunks, turns engine errors into error
+/// chunks, refuses new work while draining, and cancels the engine's work when the client
+/// goes away.
+struct WorkerHandler {
+    engine: Arc<dyn Engine>,
+    /// Fired on shutdown: new requests are refused with SHUTTING_DOWN (routers retry elsewhere).
+    draining: CancellationToken,
+    /// Fired when the drain timed out: cancels every request still running.
+    cancel_all: CancellationToken,
+    /// One token per live response stream, so shutdown can wait for them.
+    in_flight: TaskTracker,
+}
+
+#[async_trait]
+impl GenerateHandler for WorkerHandler {
+    async fn generate(&self, request: GenerateRequest) -> ChunkStream {
+        if self.draining.is_cancelled() {
+            return error_stream(&Error::ShuttingDown);
+        }
+        let in_flight = self.in_flight.token();
+        let cancel = self.cancel_all.child_token();
+        let engine_stream = match self.engine.generate(request, cancel.clone()).await {
+            Ok(stream) => stream,
+            Err(e) => return error_stream(&e),
+        };
+        // Dropping the response stream (client gone) drops this guard, which cancels the
+        // request in the engine; the tracker token goes with it.
+        let guard = (cancel.drop_guard(), in_flight);
+        let mut seq = 0u64;
+        let stream = engine_stream.map(move |mut chunk| {
+            let _held = &guard;
+            chunk.seq = seq;
+            seq += 1;
+            Ok(chunk)
+        });
+        Box::pin(stream)
+    }
+}
+
+fn error_stream(error: &Error) -> ChunkStream {
+    let kind: ErrorKind = error.kind();
+    let chunk = GenerateChunk {
+        seq: 0,
+        finish_reason: FinishReason::Error.into(),
+        error: Some(WorkerError { kind: kind.into(), message: error.to_string() }),
+        ..Default::default()
+    };
+    Box::pin(futures::stream::iter([Ok(chunk)]))
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing Switchyard needs on Debian 12: the mold linker, protoc,
+# nats-server and etcd (for the server-mode tests), and a Python venv with the official
+# `openai` client (for the API-compatibility tests). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+
+# The venv lives in the checkout (ignored by git); tests find it at .venv/bin/python.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3"
+fi
+echo "setup done: $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"

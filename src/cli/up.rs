@@ -1,0 +1,215 @@
+//! `switchyard up`: a whole local topology in one command — a frontend and N simulated
+//! workers on the embedded default (file store in a fresh directory, TCP request plane).
+//!
+//! Workers are child processes running `switchyard worker`, the same code a container runs;
+//! with `--store memory` they run as tasks of this process instead.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use switchyard_runtime::Discovery;
+use switchyard_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::frontend::HttpArgs;
+use super::store::{StoreArgs, StoreKind};
+use super::worker::ServeArgs;
+use crate::env_names as env;
+
+/// How long the workers get to register before `up` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Number of workers.
+    #[arg(long, env = env::UP_WORKERS, default_value_t = 2)]
+    pub workers: usize,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let listener = args.http.bind().await?;
+    let topology = Topology::start(&args, shutdown.clone()).await?;
+    let result = async {
+        topology.wait_ready(&args, &shutdown).await?;
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        println!(
+            "switchyard is up: {} worker(s) serving {}; OpenAI API at http://{host}:{}/v1 (Ctrl-C stops)",
+            args.workers,
+            args.serve.served_name(),
+            addr.port()
+        );
+        super::frontend::serve(listener, &args.http, topology.discovery.clone(), shutdown.clone())
+            .await
+    }
+    .await;
+    shutdown.cancel();
+    topology.stop().await;
+    result
+}
+
+/// The workers of one `up` run and the store they register in.
+struct Topology {
+    discovery: Discovery,
+    tasks: TaskTracker,
+    /// Removed on stop when `up` made it.
+    temp_store_dir: Option<PathBuf>,
+}
+
+impl Topology {
+    async fn start(args: &UpArgs, shutdown: CancellationToken) -> anyhow::Result<Topology> {
+        let tasks = TaskTracker::new();
+        let lease_ttl = args.store.lease_ttl()?;
+        let topology = match args.store.store {
+            StoreKind::Memory => {
+                let discovery = args.store.open_memory();
+                for _ in 0..args.workers {
+                    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+                    let config = WorkerConfig { lease_ttl, ..WorkerConfig::default() };
+                    let (serve, discovery, stop) =
+                        (args.serve.clone(), discovery.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        let result =
+                            super::worker::serve(listener, &serve, config, discovery, stop).await;
+                        if let Err(e) = result {
+                            warn!(error = format!("{e:#}"), "worker stopped");
+                        }
+                    });
+                }
+                Topology { discovery, tasks, temp_store_dir: None }
+            }
+            StoreKind::File => {
+                let (store, temp_store_dir) = match &args.store.store_dir {
+                    Some(_) => (args.store.clone(), None),
+                    None => {
+                        let dir = std::env::temp_dir()
+                            .join(format!("switchyard-up-{}", std::process::id()));
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                        (StoreArgs { store_dir: Some(dir.clone()), ..args.store.clone() }, Some(dir))
+                    }
+                };
+                let discovery = store.open()?;
+                let exe = std::env::current_exe().context("locating the switchyard binary")?;
+                for i in 0..args.workers {
+                    let child = Command::new(&exe)
+                        .args(worker_args(&store, &args.serve))
+                        .stdin(Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .with_context(|| format!("starting worker {i}"))?;
+                    tasks.spawn(supervise(i, child, shutdown.clone()));
+                }
+                Topology { discovery, tasks, temp_store_dir }
+            }
+        };
+        topology.tasks.close();
+        Ok(topology)
+    }
+
+    async fn wait_ready(&self, args: &UpArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let watch = self.discovery.watch_instances(shutdown.child_token()).await?;
+        let mut rx = watch.subscribe();
+        let ready = async {
+            loop {
+                let live = rx.borrow_and_update().len();
+                if live >= args.workers {
+                    return Ok(());
+                }
+                if self.tasks.len() < args.workers {
+                    bail!("a worker exited during start-up (see its log above)");
+                }
+                tokio::select! {
+                    changed = rx.changed() => changed.context("discovery watch stopped")?,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = shutdown.cancelled() => bail!("stopped before the workers were ready"),
+                }
+            }
+        };
+        tokio::time::timeout(READY_TIMEOUT, ready)
+            .await
+            .context("workers did not register within 60 s")?
+    }
+
+    async fn stop(self) {
+        self.tasks.wait().await;
+        if let Some(dir) = self.temp_store_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The command line of one worker child: the same flags a user would give.
+fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
+    let m = &serve.mocker;
+    let mut args: Vec<OsString> = vec!["worker".into()];
+    args.extend(["--parent-pid".into(), std::process::id().to_string().into()]);
+    let mut flag = |name: &str, value: String| {
+        args.push(format!("--{name}").into());
+        args.push(value.into());
+    };
+    flag("store", "file".into());
+    flag("store-dir", store.store_dir().display().to_string());
+    flag("namespace", store.namespace.clone());
+    flag("lease-ttl-secs", store.lease_ttl_secs.to_string());
+    flag("model-path", serve.model_path.clone());
+    if let Some(name) = &serve.model_name {
+        flag("model-name", name.clone());
+    }
+    flag("drain-timeout-secs", serve.drain_timeout_secs.to_string());
+    flag("block-size", m.block_size.to_string());
+    flag("num-gpu-blocks", m.num_gpu_blocks.to_string());
+    flag("max-num-seqs", m.max_num_seqs.to_string());
+    flag("max-num-batched-tokens", m.max_num_batched_tokens.to_string());
+    flag("speedup-ratio", m.speedup_ratio.to_string());
+    flag("prefix-caching", m.prefix_caching.to_string());
+    flag("eos-probability", m.eos_probability.to_string());
+    flag("context-length", m.context_length.to_string());
+    args
+}
+
+/// Owns one worker process: reports it if it dies, and on shutdown asks it to stop (SIGTERM),
+/// killing it if it has not exited after its drain time.
+async fn supervise(index: usize, mut child: Child, shutdown: CancellationToken) {
+    let pid = child.id();
+    tokio::select! {
+        status = child.wait() => {
+            warn!(worker = index, ?status, "worker exited");
+            return;
+        }
+        () = shutdown.cancelled() => {}
+    }
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
+        Ok(Ok(status)) => info!(worker = index, %status, "worker stopped"),
+        Ok(Err(e)) => warn!(worker = index, error = %e, "waiting for worker failed"),
+        Err(_) => {
+            warn!(worker = index, "worker did not stop in time; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}

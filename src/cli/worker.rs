@@ -1,0 +1,207 @@
+//! `switchyard worker`: one engine, registered in discovery, served over the request plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use switchyard_model::{DEFAULT_MODEL_NAME, DEFAULT_SOURCE, ModelFiles};
+use switchyard_proto::ModelCard;
+use switchyard_runtime::Discovery;
+use switchyard_worker::mocker::{MockerConfig, MockerEngine};
+use switchyard_worker::{Engine, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::store::StoreArgs;
+use crate::env_names as env;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// The simulated GPU engine (no GPU needed).
+    Mocker,
+}
+
+/// What a worker serves and how it is reached.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Engine behind this worker.
+    #[arg(long, env = env::ENGINE, value_enum, default_value_t = EngineKind::Mocker)]
+    pub engine: EngineKind,
+
+    /// Model: a directory, a Hugging Face repo id present in the local HF cache, or
+    /// `builtin:tiny` (embedded; runs offline).
+    #[arg(long, env = env::MODEL_PATH, default_value = DEFAULT_SOURCE)]
+    pub model_path: String,
+
+    /// Name clients use in the `model` field [default: switchyard-tiny for the builtin model,
+    /// else the model path].
+    #[arg(long, env = env::MODEL_NAME)]
+    pub model_name: Option<String>,
+
+    /// Seconds to wait for in-flight requests on shutdown before cancelling them.
+    #[arg(long, env = env::DRAIN_TIMEOUT_SECS, default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub mocker: MockerArgs,
+}
+
+/// The simulated engine's shape; defaults model one H100 serving an 8B-class model.
+#[derive(Debug, Clone, Args)]
+pub struct MockerArgs {
+    /// Tokens per KV block.
+    #[arg(long = "block-size", env = env::MOCKER_BLOCK_SIZE, default_value_t = 16)]
+    pub block_size: u32,
+
+    /// KV cache size in blocks.
+    #[arg(long = "num-gpu-blocks", env = env::MOCKER_NUM_GPU_BLOCKS, default_value_t = 16384)]
+    pub num_gpu_blocks: u64,
+
+    /// Most sequences in one batch.
+    #[arg(long = "max-num-seqs", env = env::MOCKER_MAX_NUM_SEQS, default_value_t = 256)]
+    pub max_num_seqs: usize,
+
+    /// Token budget of one scheduler step (chunked prefill splits longer prompts).
+    #[arg(long = "max-num-batched-tokens", env = env::MOCKER_MAX_NUM_BATCHED_TOKENS, default_value_t = 8192)]
+    pub max_num_batched_tokens: usize,
+
+    /// Runs the simulation this many times faster than real time.
+    #[arg(long = "speedup-ratio", env = env::MOCKER_SPEEDUP_RATIO, default_value_t = 1.0)]
+    pub speedup_ratio: f64,
+
+    /// Prefix caching (reuse of KV blocks of equal prompt prefixes).
+    #[arg(long = "prefix-caching", env = env::MOCKER_PREFIX_CACHING, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_caching: bool,
+
+    /// Chance that a generated token is EOS (0: outputs run to max_tokens).
+    #[arg(long = "eos-probability", env = env::MOCKER_EOS_PROBABILITY, default_value_t = 0.0)]
+    pub eos_probability: f64,
+
+    /// Longest prompt + output the simulated engine accepts, in tokens.
+    #[arg(long = "context-length", env = env::MOCKER_CONTEXT_LENGTH, default_value_t = 32768)]
+    pub context_length: u32,
+}
+
+impl ServeArgs {
+    /// The name clients use in the `model` field.
+    pub fn served_name(&self) -> String {
+        match &self.model_name {
+            Some(name) => name.clone(),
+            None if self.model_path == DEFAULT_SOURCE => DEFAULT_MODEL_NAME.to_owned(),
+            None => self.model_path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Address the request-plane server binds.
+    #[arg(long, env = env::WORKER_HOST, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port of the request-plane server (0: any free port; the record says which).
+    #[arg(long, env = env::WORKER_PORT, default_value_t = 0)]
+    pub port: u16,
+
+    /// Host written into the instance record, when the bind address is not reachable as is
+    /// (e.g. 0.0.0.0 in a container: give its service name).
+    #[arg(long, env = env::ADVERTISE_HOST)]
+    pub advertise_host: Option<String>,
+
+    /// Instance id [default: generated].
+    #[arg(long, env = env::INSTANCE_ID)]
+    pub instance_id: Option<String>,
+
+    /// Shut down when the process with this PID stops being our parent (set by
+    /// `switchyard up`, so workers never outlive it, even when it is killed).
+    #[arg(long, env = env::PARENT_PID, hide = true)]
+    pub parent_pid: Option<i32>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(parent) = args.parent_pid {
+        super::shutdown::with_parent(parent, shutdown.clone());
+    }
+    let discovery = args.store.open()?;
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding the worker to {}:{}", args.host, args.port))?;
+    let config = WorkerConfig {
+        instance_id: args.instance_id.clone(),
+        advertise_host: args.advertise_host.clone(),
+        lease_ttl: args.store.lease_ttl()?,
+        ..WorkerConfig::default()
+    };
+    serve(listener, &args.serve, config, discovery, shutdown).await
+}
+
+/// Starts the engine and serves it on an already-bound listener (shared with `switchyard up`).
+pub async fn serve(
+    listener: TcpListener,
+    args: &ServeArgs,
+    mut config: WorkerConfig,
+    discovery: Discovery,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    let engine_stop = CancellationToken::new();
+    let engine = start_engine(args, engine_stop.clone()).await?;
+    let result = switchyard_worker::serve(listener, engine, discovery, config, shutdown).await;
+    engine_stop.cancel();
+    result.context("worker failed")
+}
+
+async fn start_engine(
+    args: &ServeArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    let source = args.model_path.clone();
+    let files = tokio::task::spawn_blocking(move || ModelFiles::resolve(&source))
+        .await?
+        .with_context(|| format!("loading model {}", args.model_path))?;
+    let name = args.served_name();
+    // Frontends in other processes resolve the tokenizer from this; a relative directory
+    // would mean something else in their working directory.
+    let tokenizer_source = match &files.dir {
+        Some(dir) if std::path::Path::new(&args.model_path).is_dir() => {
+            std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string()
+        }
+        _ => args.model_path.clone(),
+    };
+    match args.engine {
+        EngineKind::Mocker => {
+            let m = &args.mocker;
+            let config = MockerConfig {
+                block_size: m.block_size,
+                num_gpu_blocks: m.num_gpu_blocks,
+                max_num_seqs: m.max_num_seqs,
+                max_num_batched_tokens: m.max_num_batched_tokens,
+                enable_prefix_caching: m.prefix_caching,
+                speedup_ratio: m.speedup_ratio,
+                eos_probability: m.eos_probability,
+                context_length: m.context_length,
+                vocab_size: files.config.vocab_size.unwrap_or(32000),
+                eos_token_ids: files.config.eos_token_ids.clone(),
+                ..MockerConfig::default()
+            };
+            let card = ModelCard {
+                model: name,
+                tokenizer_source,
+                context_length: m.context_length,
+                kv_block_size: m.block_size,
+                kv_total_blocks: m.num_gpu_blocks,
+                engine: "mocker".to_owned(),
+            };
+            let engine = MockerEngine::start(config, card, shutdown)
+                .context("starting the mocker engine")?;
+            Ok(Arc::new(engine))
+        }
+    }
+}

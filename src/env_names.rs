@@ -1,0 +1,75 @@
+//! Every environment variable Switchyard reads, in one place. Each flag has one, so that
+//! containers are configured by environment alone.
+
+pub const LOG: &str = "SWITCHYARD_LOG";
+
+pub const STORE: &str = "SWITCHYARD_STORE";
+pub const STORE_DIR: &str = "SWITCHYARD_STORE_DIR";
+pub const NAMESPACE: &str = "SWITCHYARD_NAMESPACE";
+pub const LEASE_TTL_SECS: &str = "SWITCHYARD_LEASE_TTL_SECS";
+
+pub const HTTP_HOST: &str = "SWITCHYARD_HTTP_HOST";
+pub const HTTP_PORT: &str = "SWITCHYARD_HTTP_PORT";
+pub const ROUTER_MODE: &str = "SWITCHYARD_ROUTER_MODE";
+pub const MAX_BODY_BYTES: &str = "SWITCHYARD_MAX_BODY_BYTES";
+pub const REQUEST_TIMEOUT_SECS: &str = "SWITCHYARD_REQUEST_TIMEOUT_SECS";
+
+pub const ENGINE: &str = "SWITCHYARD_ENGINE";
+pub const MODEL_PATH: &str = "SWITCHYARD_MODEL_PATH";
+pub const MODEL_NAME: &str = "SWITCHYARD_MODEL_NAME";
+pub const WORKER_HOST: &str = "SWITCHYARD_WORKER_HOST";
+pub const WORKER_PORT: &str = "SWITCHYARD_WORKER_PORT";
+pub const ADVERTISE_HOST: &str = "SWITCHYARD_ADVERTISE_HOST";
+pub const INSTANCE_ID: &str = "SWITCHYARD_INSTANCE_ID";
+pub const PARENT_PID: &str = "SWITCHYARD_PARENT_PID";
+pub const DRAIN_TIMEOUT_SECS: &str = "SWITCHYARD_DRAIN_TIMEOUT_SECS";
+
+pub const MOCKER_BLOCK_SIZE: &str = "SWITCHYARD_MOCKER_BLOCK_SIZE";
+pub const MOCKER_NUM_GPU_BLOCKS: &str = "SWITCHYARD_MOCKER_NUM_GPU_BLOCKS";
+pub const MOCKER_MAX_NUM_SEQS: &str = "SWITCHYARD_MOCKER_MAX_NUM_SEQS";
+pub const MOCKER_MAX_NUM_BATCHED_TOKENS: &str = "SWITCHYARD_MOCKER_MAX_NUM_BATCHED_TOKENS";
+pub const MOCKER_SPEEDUP_RATIO: &str = "SWITCHYARD_MOCKER_SPEEDUP_RATIO";
+pub const MOCKER_PREFIX_CACHING: &str = "SWITCHYARD_MOCKER_PREFIX_CACHING";
+pub const MOCKER_EOS_PROBABILITY: &str = "SWITCHYARD_MOCKER_EOS_PROBABILITY";
+pub const MOCKER_CONTEXT_LENGTH: &str = "SWITCHYARD_MOCKER_CONTEXT_LENGTH";
+
+pub const UP_WORKERS: &str = "SWITCHYARD_UP_WORKERS";
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand reads a `SWITCHYARD_` variable, and no two share one.
+    #[test]
+    fn every_flag_has_its_own_switchyard_variable() {
+        fn visit(cmd: &clap::Command, seen: &mut Vec<(String, String)>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                let env = env.unwrap_or_else(|| panic!("{} --{id} has no env var", cmd.get_name()));
+                assert!(env.starts_with("SWITCHYARD_"), "{env}");
+                seen.push((format!("{} --{id}", cmd.get_name()), env));
+            }
+            for sub in cmd.get_subcommands() {
+                visit(sub, seen);
+            }
+        }
+        let mut seen = Vec::new();
+        visit(&crate::cli::Cli::command(), &mut seen);
+        assert!(seen.len() > 10, "{seen:?}");
+        // A flag shared by subcommands through one struct may repeat its variable; two
+        // different flags may not.
+        for (flag, env) in &seen {
+            let name = flag.rsplit(' ').next().unwrap_or_default();
+            for (other, other_env) in &seen {
+                let other_name = other.rsplit(' ').next().unwrap_or_default();
+                if env == other_env {
+                    assert_eq!(name, other_name, "{flag} and {other} share {env}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! End-to-end: the real binary as processes (a frontend and mocker workers on one file store,
+//! TCP request plane), driven over real HTTP.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use support::{Topology, WAIT, post_raw, post_sse};
+
+const MODEL: &str = "switchyard-tiny";
+
+/// Token count of `text` with the builtin tokenizer, special tokens parsed, none added.
+fn token_count(text: &str) -> u64 {
+    let files = switchyard_model::ModelFiles::resolve(switchyard_model::DEFAULT_SOURCE).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&*files.tokenizer_json).unwrap();
+    tokenizer.encode(text, false).unwrap().get_ids().len() as u64
+}
+
+fn chat_body(content: &str, max_tokens: u32) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+}
+
+#[tokio::test]
+async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
+    let t = Topology::start(&[MODEL, MODEL], &[]).await;
+
+    // Chat, not streamed: the prompt is the ChatML rendering of the message.
+    let (status, body) = t.post("/v1/chat/completions", &chat_body("Hello there", 7)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let rendered = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(body["usage"]["prompt_tokens"], token_count(rendered), "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+    assert_eq!(body["usage"]["total_tokens"], token_count(rendered) + 7);
+
+    // Completions, not streamed: the prompt is tokenized as is.
+    let prompt = "The quick brown fox jumps over the lazy dog";
+    let req = json!({"model": MODEL, "prompt": prompt, "max_tokens": 5});
+    let (status, body) = t.post("/v1/completions", &req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["choices"][0]["text"].is_string());
+    assert_eq!(body["usage"]["prompt_tokens"], token_count(prompt));
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+
+    // Chat, streamed with usage: role first, a finish reason, a usage chunk, then [DONE].
+    let url = format!("{}/v1/chat/completions", t.url);
+    let mut req = chat_body("Stream to me", 6);
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, events) = post_sse(&t.http, &url, &req).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("length")]);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 6, "{chunks:?}");
+    let rendered = "<|im_start|>user\nStream to me<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(usage["prompt_tokens"], token_count(rendered));
+
+    // Completions, streamed.
+    let url = format!("{}/v1/completions", t.url);
+    let req = json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": true});
+    let (status, events) = post_sse(&t.http, &url, &req).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "text_completion");
+}
+
+#[tokio::test]
+async fn round_robin_uses_both_workers() {
+    let t = Topology::start(&[MODEL, MODEL], &["--router-mode", "round-robin"]).await;
+    for _ in 0..6 {
+        let (status, body) = t.post("/v1/chat/completions", &chat_body("hi", 2)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Each worker counts what it served; the frontend's metrics say which instance got what.
+    let metrics = t.metrics().await;
+    let per_instance: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_frontend_instance_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(per_instance.len(), 2, "{metrics}");
+    assert!(per_instance.iter().all(|&n| n == 3.0), "{per_instance:?}");
+}
+
+#[tokio::test]
+async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() {
+    let mut t = Topology::start(&[MODEL, MODEL, "switchyard-tiny-extra"], &[]).await;
+    assert_eq!(t.models().await, vec![MODEL.to_owned(), "switchyard-tiny-extra".to_owned()]);
+
+    // SIGKILL: no deregistration; the lease (2 s) must expire.
+    let killed_at = Instant::now();
+    t.workers[0].signal(Signal::SIGKILL);
+    t.workers[2].signal(Signal::SIGKILL);
+    // Requests right after the kill may be routed to the dead worker first; the frontend must
+    // retry them on the live one.
+    for _ in 0..6 {
+        let (status, body) = t.post("/v1/chat/completions", &chat_body("still there?", 2)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    t.wait_instances(1).await;
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after < Duration::from_secs(2) + Duration::from_secs(3), "{gone_after:?}");
+    assert_eq!(t.models().await, vec![MODEL.to_owned()]);
+    let health = support::health_instances(&t.health().await);
+    assert_eq!(health.get(MODEL), Some(&1), "{health:?}");
+    for _ in 0..4 {
+        let (status, body) = t.post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The extra model is gone: 404 now.
+    let (status, body) = t.post("/v1/chat/completions", &json!({"model": "switchyard-tiny-extra", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert!(status == 404 || status == 503, "{status} {body}");
+}
+
+#[tokio::test]
+async fn sigterm_deregisters_at_once_and_drains_in_flight_requests() {
+    let mut t = Topology::start(&[MODEL], &[]).await;
+    // A long request (speedup 50: ~200 tokens ≈ 0.1–0.3 s of simulated decode at least).
+    let http = t.http.clone();
+    let url = format!("{}/v1/completions", t.url);
+    let long = tokio::spawn(async move {
+        support::post_json(&http, &url, &json!({"model": MODEL, "prompt": "go", "max_tokens": 400})).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    t.workers[0].signal(Signal::SIGTERM);
+    let (status, body) = tokio::time::timeout(WAIT, long).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 400);
+    let exit = t.workers[0].wait_exit(WAIT);
+    assert!(exit.success(), "{exit:?}");
+    // Deregistered, not expired: gone well before anything would time out.
+    t.wait_instances(0).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_with_the_right_status() {
+    let mut t = Topology::start(&[MODEL], &["--max-body-bytes", "4096"]).await;
+    let chat = format!("{}/v1/chat/completions", t.url);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed JSON", b"{\"model\": ".to_vec(), 400),
+        ("wrong type", br#"{"model": "switchyard-tiny", "messages": "hi"}"#.to_vec(), 400),
+        ("missing messages", br#"{"model": "switchyard-tiny"}"#.to_vec(), 400),
+        ("temperature out of range", serde_json::to_vec(&json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 7})).unwrap(), 400),
+        ("n > 1", serde_json::to_vec(&json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2})).unwrap(), 400),
+        ("max_tokens 0", serde_json::to_vec(&json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})).unwrap(), 400),
+        ("unknown model", serde_json::to_vec(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).unwrap(), 404),
+        ("body over the limit", serde_json::to_vec(&json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(8000)}]})).unwrap(), 413),
+    ];
+    for (what, body, want) in cases {
+        let (status, err) = post_raw(&t.http, &chat, body).await;
+        assert_eq!(status, want, "{what}: {err}");
+        let e = &err["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {err}");
+        assert!(e["type"].is_string(), "{what}: {err}");
+        assert!(e.get("param").is_some() && e.get("code").is_some(), "{what}: {err}");
+    }
+    let completions = format!("{}/v1/completions", t.url);
+    let (status, err) = post_raw(&t.http, &completions, br#"{"model": "switchyard-tiny"}"#.to_vec()).await;
+    assert_eq!(status, 400, "missing prompt: {err}");
+
+    // No live instance of a model the frontend knows: 503.
+    t.workers[0].signal(Signal::SIGKILL);
+    t.wait_instances(0).await;
+    let (status, err) = t.post("/v1/chat/completions", &chat_body("anyone?", 2)).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(err["error"]["message"].is_string());
+}

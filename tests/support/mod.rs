@@ -1,0 +1,250 @@
+//! Helpers for end-to-end tests: start the real `switchyard` binary as processes on
+//! 127.0.0.1, talk to it over real HTTP, and stop every process by its PID.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Every wait in these tests is bounded by this unless said otherwise.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {limit:?}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `switchyard ARGS`, with its stderr passed through (shown when a test fails).
+pub fn spawn(name: &str, args: &[&str]) -> Proc {
+    let child = Command::new(bin())
+        .args(args)
+        .env("SWITCHYARD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    Proc { name: name.to_owned(), child }
+}
+
+/// Reads the child's stdout until a line containing `marker`; returns that line. Further
+/// output is drained in the background so the child never blocks on a full pipe.
+pub fn wait_for_line(proc: &mut Proc, marker: &str) -> String {
+    let stdout = proc.child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains(&marker) {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("{} printed no {marker:?}", proc.name))
+}
+
+/// Extracts `http://host:port` from a line.
+pub fn url_in(line: &str) -> String {
+    let start = line.find("http://").unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let rest = &line[start..];
+    let end = rest.find(|c: char| c.is_whitespace() || c == ';').unwrap_or(rest.len());
+    rest[..end].trim_end_matches("/v1").to_owned()
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Flags shared by the workers of these tests: fast simulation, short leases.
+pub const FAST_WORKER: &[&str] =
+    &["--speedup-ratio", "50", "--lease-ttl-secs", "2", "--drain-timeout-secs", "10"];
+
+/// A frontend and its workers on one file store.
+pub struct Topology {
+    pub store_dir: tempfile::TempDir,
+    pub frontend: Proc,
+    pub workers: Vec<Proc>,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Topology {
+    /// A frontend plus one worker per entry of `models` (a served model name each).
+    pub async fn start(models: &[&str], frontend_args: &[&str]) -> Topology {
+        let store_dir = tempfile::tempdir().unwrap();
+        let dir = store_dir.path().to_str().unwrap().to_owned();
+        let workers = models.iter().map(|model| start_worker(&dir, model, &[])).collect();
+        let mut args = vec![
+            "frontend", "--http-host", "127.0.0.1", "--http-port", "0", "--store-dir", &dir,
+            "--lease-ttl-secs", "2",
+        ];
+        args.extend_from_slice(frontend_args);
+        let mut frontend = spawn("frontend", &args);
+        let url = url_in(&wait_for_line(&mut frontend, "listening on"));
+        let topology = Topology { store_dir, frontend, workers, url, http: client() };
+        topology.wait_instances(models.len()).await;
+        topology
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        self.store_dir.path()
+    }
+
+    pub fn add_worker(&mut self, model: &str, extra: &[&str]) {
+        let dir = self.store_dir().to_str().unwrap().to_owned();
+        self.workers.push(start_worker(&dir, model, extra));
+    }
+
+    /// Waits until /health counts `n` live instances in all.
+    pub async fn wait_instances(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let total = self.instance_count().await;
+            if total == Some(n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "expected {n} instances, /health says {total:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Live instances over all models, as /health reports them.
+    pub async fn instance_count(&self) -> Option<usize> {
+        let resp = self.http.get(format!("{}/health", self.url)).send().await.ok()?;
+        let body: Value = resp.json().await.ok()?;
+        Some(health_instances(&body).values().sum())
+    }
+
+    pub async fn health(&self) -> Value {
+        get_json(&self.http, &format!("{}/health", self.url)).await.1
+    }
+
+    pub async fn models(&self) -> Vec<String> {
+        let (_, body) = get_json(&self.http, &format!("{}/v1/models", self.url)).await;
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        post_json(&self.http, &format!("{}{path}", self.url), body).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        let resp = tokio::time::timeout(WAIT, self.http.get(format!("{}/metrics", self.url)).send())
+            .await
+            .unwrap()
+            .unwrap();
+        resp.text().await.unwrap()
+    }
+}
+
+/// Instances per model from a /health body, whatever its exact nesting.
+pub fn health_instances(body: &Value) -> std::collections::BTreeMap<String, usize> {
+    let models = body.get("models").and_then(Value::as_object);
+    models
+        .map(|m| {
+            m.iter()
+                .map(|(name, v)| {
+                    let n = v.as_u64().or_else(|| v.get("instances").and_then(Value::as_u64));
+                    (name.clone(), usize::try_from(n.unwrap_or(0)).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn start_worker(store_dir: &str, model: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["worker", "--store-dir", store_dir, "--model-name", model];
+    args.extend_from_slice(FAST_WORKER);
+    args.extend_from_slice(extra);
+    spawn(&format!("worker {model}"), &args)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+}
+
+pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = tokio::time::timeout(WAIT, http.get(url).send()).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    post_raw(http, url, serde_json::to_vec(body).unwrap()).await
+}
+
+pub async fn post_raw(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
+    let send = http.post(url).header("content-type", "application/json").body(body).send();
+    let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"));
+    (status, value)
+}
+
+/// Posts a streaming request; returns the status and the `data:` payloads in order.
+pub async fn post_sse(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Vec<String>) {
+    let send = http.post(url).json(body).send();
+    let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let text = tokio::time::timeout(WAIT, resp.text()).await.unwrap().unwrap();
+    let events = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.trim().to_owned())
+        .collect();
+    (status, events)
+}
+
+/// The workspace root (for files shipped in the repository).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
