@@ -27,15 +27,24 @@ async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
     let t = Topology::start(&[MODEL, MODEL], &[]).await;
 
     // Chat, not streamed: the prompt is the ChatML rendering of the message.
-    let (status, body) = t.post("/v1/chat/completions", &chat_body("Hello there", 7)).await;
+    let (status, body) = t
+        .post("/v1/chat/completions", &chat_body("Hello there", 7))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], MODEL);
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    assert!(
+        body["choices"][0]["message"]["content"].is_string(),
+        "{body}"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     let rendered = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
-    assert_eq!(body["usage"]["prompt_tokens"], token_count(rendered), "{body}");
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        token_count(rendered),
+        "{body}"
+    );
     assert_eq!(body["usage"]["completion_tokens"], 7);
     assert_eq!(body["usage"]["total_tokens"], token_count(rendered) + 7);
 
@@ -56,10 +65,20 @@ async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
     req["stream_options"] = json!({"include_usage": true});
     let (status, events) = post_sse(&t.http, &url, &req).await;
     assert_eq!(status, 200);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
-    let chunks: Vec<Value> =
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let finish: Vec<&Value> = chunks
         .iter()
@@ -104,7 +123,10 @@ async fn round_robin_uses_both_workers() {
 #[tokio::test]
 async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() {
     let mut t = Topology::start(&[MODEL, MODEL, "switchyard-tiny-extra"], &[]).await;
-    assert_eq!(t.models().await, vec![MODEL.to_owned(), "switchyard-tiny-extra".to_owned()]);
+    assert_eq!(
+        t.models().await,
+        vec![MODEL.to_owned(), "switchyard-tiny-extra".to_owned()]
+    );
 
     // SIGKILL: no deregistration; the lease (2 s) must expire.
     let killed_at = Instant::now();
@@ -113,17 +135,27 @@ async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() 
     // Requests right after the kill may be routed to the dead worker first; the frontend must
     // retry them on the live one.
     for _ in 0..6 {
-        let (status, body) = t.post("/v1/chat/completions", &chat_body("still there?", 2)).await;
+        let (status, body) = t
+            .post("/v1/chat/completions", &chat_body("still there?", 2))
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     t.wait_instances(1).await;
     let gone_after = killed_at.elapsed();
-    assert!(gone_after < Duration::from_secs(2) + Duration::from_secs(3), "{gone_after:?}");
+    assert!(
+        gone_after < Duration::from_secs(2) + Duration::from_secs(3),
+        "{gone_after:?}"
+    );
     assert_eq!(t.models().await, vec![MODEL.to_owned()]);
     let health = support::health_instances(&t.health().await);
     assert_eq!(health.get(MODEL), Some(&1), "{health:?}");
     for _ in 0..4 {
-        let (status, body) = t.post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2})).await;
+        let (status, body) = t
+            .post(
+                "/v1/completions",
+                &json!({"model": MODEL, "prompt": "x", "max_tokens": 2}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     // The extra model is gone: 404 now.
@@ -138,7 +170,12 @@ async fn sigterm_deregisters_at_once_and_drains_in_flight_requests() {
     let http = t.http.clone();
     let url = format!("{}/v1/completions", t.url);
     let long = tokio::spawn(async move {
-        support::post_json(&http, &url, &json!({"model": MODEL, "prompt": "go", "max_tokens": 400})).await
+        support::post_json(
+            &http,
+            &url,
+            &json!({"model": MODEL, "prompt": "go", "max_tokens": 400}),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     t.workers[0].signal(Signal::SIGTERM);
@@ -169,18 +206,31 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
         let (status, err) = post_raw(&t.http, &chat, body).await;
         assert_eq!(status, want, "{what}: {err}");
         let e = &err["error"];
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {err}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {err}"
+        );
         assert!(e["type"].is_string(), "{what}: {err}");
-        assert!(e.get("param").is_some() && e.get("code").is_some(), "{what}: {err}");
+        assert!(
+            e.get("param").is_some() && e.get("code").is_some(),
+            "{what}: {err}"
+        );
     }
     let completions = format!("{}/v1/completions", t.url);
-    let (status, err) = post_raw(&t.http, &completions, br#"{"model": "switchyard-tiny"}"#.to_vec()).await;
+    let (status, err) = post_raw(
+        &t.http,
+        &completions,
+        br#"{"model": "switchyard-tiny"}"#.to_vec(),
+    )
+    .await;
     assert_eq!(status, 400, "missing prompt: {err}");
 
     // No live instance of a model the frontend knows: 503.
     t.workers[0].signal(Signal::SIGKILL);
     t.wait_instances(0).await;
-    let (status, err) = t.post("/v1/chat/completions", &chat_body("anyone?", 2)).await;
+    let (status, err) = t
+        .post("/v1/chat/completions", &chat_body("anyone?", 2))
+        .await;
     assert_eq!(status, 503, "{err}");
     assert!(err["error"]["message"].is_string());
 }

@@ -21,7 +21,17 @@ fn the_official_openai_client_works_against_switchyard_up() {
     let port = free_port().to_string();
     let mut up = spawn(
         "switchyard up",
-        &["up", "--workers", "2", "--http-host", "127.0.0.1", "--http-port", &port, "--speedup-ratio", "50"],
+        &[
+            "up",
+            "--workers",
+            "2",
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            &port,
+            "--speedup-ratio",
+            "50",
+        ],
     );
     let url = url_in(&wait_for_line(&mut up, "switchyard is up"));
     let output = Command::new(&python)

@@ -1,1 +1,125 @@
-//! placeholder
+//! Switchyard's OpenAI-compatible HTTP edge: parses and validates requests, renders chat
+//! templates and tokenizes (once-loaded, shared per model), picks a live instance from
+//! discovery with the configured policy, streams the worker's tokens back as OpenAI chunks,
+//! and exports Prometheus metrics.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
+//! `GET /health`, `GET /live`, `GET /metrics`.
+
+mod config;
+mod cost_probe;
+mod detokenize;
+mod error;
+mod generation;
+mod handlers;
+mod health;
+pub mod metrics;
+mod models;
+mod openai;
+mod preprocess;
+mod routing;
+mod stop;
+mod stream;
+mod template;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use switchyard_runtime::RequestClient;
+use switchyard_runtime::discovery::Discovery;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::FrontendConfig;
+pub use error::Error;
+pub use switchyard_router::PolicyKind;
+
+use crate::handlers::AppState;
+use crate::models::ModelRegistry;
+
+/// Bound on waiting for the frontend's own background tasks after the server stopped.
+const TASKS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `shutdown`, then drains open requests.
+///
+/// Follows `discovery` for the live instances and reaches them through `client`. Returns once
+/// the server has stopped; an error only when discovery cannot be read at start or the
+/// listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: FrontendConfig,
+    discovery: Discovery,
+    client: Arc<dyn RequestClient>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    // Background tasks stop with `shutdown`, or when the server stops for any other reason.
+    let stop = shutdown.child_token();
+    let tasks = TaskTracker::new();
+    let instances = discovery
+        .watch_instances(stop.clone())
+        .await
+        .map_err(Error::Discovery)?;
+    let registry = ModelRegistry::start(instances, &tasks, stop.clone());
+    let _ = metrics::prometheus_handle();
+    tasks.spawn(metrics_upkeep(stop.clone()));
+
+    let state = Arc::new(AppState {
+        policy: config.router_mode.build(),
+        registry,
+        client,
+        config,
+    });
+    let app = router(state);
+    tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
+    // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(TASKS_DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after shutdown");
+    }
+    served.map_err(Error::Io)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(handlers::chat::chat_completions),
+        )
+        .route("/v1/completions", post(handlers::completions::completions))
+        .route("/v1/models", get(health::models))
+        .route("/health", get(health::health))
+        .route("/live", get(health::live))
+        .route("/metrics", get(health::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn metrics_upkeep(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => metrics::run_upkeep(),
+        }
+    }
+}

@@ -120,11 +120,16 @@ mod tests {
         let ids = candidates(n);
         let view: Vec<Candidate<'_>> = ids
             .iter()
-            .map(|id| Candidate { instance_id: id, in_flight: 0 })
+            .map(|id| Candidate {
+                instance_id: id,
+                in_flight: 0,
+            })
             .collect();
         let mut counts = vec![0; n];
         for _ in 0..rounds {
-            let i = policy.select(&view, &RequestInfo::default()).expect("a candidate");
+            let i = policy
+                .select(&view, &RequestInfo::default())
+                .expect("a candidate");
             counts[i] += 1;
         }
         counts
@@ -132,7 +137,10 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_evenly() {
-        assert_eq!(select_many(&RoundRobin::default(), 3, 300), vec![100, 100, 100]);
+        assert_eq!(
+            select_many(&RoundRobin::default(), 3, 300),
+            vec![100, 100, 100]
+        );
     }
 
     #[test]

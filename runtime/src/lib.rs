@@ -7,8 +7,7 @@ pub mod error;
 pub mod plane;
 pub mod store;
 
-
-pub use error::{Error, Result};
 pub use discovery::{Discovery, InstanceWatch, Instances, Registration};
+pub use error::{Error, Result};
 pub use plane::{ChunkStream, GenerateHandler, RequestClient};
 pub use store::{KvStore, LeaseId, WatchEvent, WatchStream};

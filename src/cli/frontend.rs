@@ -68,7 +68,10 @@ pub struct FrontendArgs {
 pub async fn run(args: FrontendArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let discovery = args.store.open()?;
     let listener = args.http.bind().await?;
-    println!("switchyard frontend listening on http://{}", listener.local_addr()?);
+    println!(
+        "switchyard frontend listening on http://{}",
+        listener.local_addr()?
+    );
     serve(listener, &args.http, discovery, shutdown).await
 }
 

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::env_names as env;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "A router and worker fabric for LLM inference")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A router and worker fabric for LLM inference"
+)]
 pub struct Cli {
     /// Log filter, e.g. `info` or `switchyard_frontend=debug,info`.
     #[arg(long, env = env::LOG, default_value = "info", global = true)]

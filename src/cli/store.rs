@@ -41,7 +41,9 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn store_dir(&self) -> PathBuf {
-        self.store_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("switchyard-store"))
+        self.store_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-store"))
     }
 
     pub fn lease_ttl(&self) -> anyhow::Result<Duration> {

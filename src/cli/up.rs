@@ -46,28 +46,88 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
     let listener = args.http.bind().await?;
-    let topology = Topology::start(&args, shutdown.clone()).await?;
-    let result = async {
-        topology.wait_ready(&args, &shutdown).await?;
+    let topology = LocalTopology::start(&args, listener, shutdown.clone()).await?;
+    println!(
+        "switchyard is up: {} worker(s) serving {}; OpenAI API at {}/v1 (Ctrl-C stops)",
+        args.workers,
+        args.serve.served_name(),
+        topology.url()
+    );
+    topology.wait().await
+}
+
+/// A running local topology: workers, the store they register in, and a frontend.
+pub struct LocalTopology {
+    workers: Topology,
+    frontend: tokio::task::JoinHandle<anyhow::Result<()>>,
+    url: String,
+    stop: CancellationToken,
+}
+
+impl LocalTopology {
+    /// Starts the workers, waits until every one has registered, then starts the frontend on
+    /// `listener`. Everything stops when `shutdown` fires (or [`LocalTopology::stop`]).
+    pub async fn start(
+        args: &UpArgs,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<LocalTopology> {
+        if args.workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        let stop = shutdown.child_token();
+        let workers = Topology::start(args, stop.clone()).await?;
+        if let Err(e) = workers.wait_ready(args, &stop).await {
+            stop.cancel();
+            workers.stop().await;
+            return Err(e);
+        }
         let addr = listener.local_addr()?;
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        println!(
-            "switchyard is up: {} worker(s) serving {}; OpenAI API at http://{host}:{}/v1 (Ctrl-C stops)",
-            args.workers,
-            args.serve.served_name(),
-            addr.port()
-        );
-        super::frontend::serve(listener, &args.http, topology.discovery.clone(), shutdown.clone())
-            .await
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let url = format!("http://{host}:{}", addr.port());
+        let (http, discovery, token) = (args.http.clone(), workers.discovery.clone(), stop.clone());
+        let frontend =
+            tokio::spawn(
+                async move { super::frontend::serve(listener, &http, discovery, token).await },
+            );
+        Ok(LocalTopology {
+            workers,
+            frontend,
+            url,
+            stop,
+        })
     }
-    .await;
-    shutdown.cancel();
-    topology.stop().await;
-    result
+
+    /// Base URL of the frontend, e.g. `http://127.0.0.1:8000`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs until shutdown (or until the frontend fails), then stops everything.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let result = tokio::select! {
+            () = self.stop.cancelled() => None,
+            joined = &mut self.frontend => Some(joined),
+        };
+        self.stop.cancel();
+        let result = match result {
+            Some(joined) => joined?,
+            None => (&mut self.frontend).await?,
+        };
+        self.workers.stop().await;
+        result
+    }
+
+    /// Stops the frontend and the workers and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.wait().await
+    }
 }
 
 /// The workers of one `up` run and the store they register in.
@@ -87,7 +147,10 @@ impl Topology {
                 let discovery = args.store.open_memory();
                 for _ in 0..args.workers {
                     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-                    let config = WorkerConfig { lease_ttl, ..WorkerConfig::default() };
+                    let config = WorkerConfig {
+                        lease_ttl,
+                        ..WorkerConfig::default()
+                    };
                     let (serve, discovery, stop) =
                         (args.serve.clone(), discovery.clone(), shutdown.clone());
                     tasks.spawn(async move {
@@ -98,7 +161,11 @@ impl Topology {
                         }
                     });
                 }
-                Topology { discovery, tasks, temp_store_dir: None }
+                Topology {
+                    discovery,
+                    tasks,
+                    temp_store_dir: None,
+                }
             }
             StoreKind::File => {
                 let (store, temp_store_dir) = match &args.store.store_dir {
@@ -108,7 +175,13 @@ impl Topology {
                             .join(format!("switchyard-up-{}", std::process::id()));
                         std::fs::create_dir_all(&dir)
                             .with_context(|| format!("creating {}", dir.display()))?;
-                        (StoreArgs { store_dir: Some(dir.clone()), ..args.store.clone() }, Some(dir))
+                        (
+                            StoreArgs {
+                                store_dir: Some(dir.clone()),
+                                ..args.store.clone()
+                            },
+                            Some(dir),
+                        )
                     }
                 };
                 let discovery = store.open()?;
@@ -122,7 +195,11 @@ impl Topology {
                         .with_context(|| format!("starting worker {i}"))?;
                     tasks.spawn(supervise(i, child, shutdown.clone()));
                 }
-                Topology { discovery, tasks, temp_store_dir }
+                Topology {
+                    discovery,
+                    tasks,
+                    temp_store_dir,
+                }
             }
         };
         topology.tasks.close();
@@ -130,7 +207,10 @@ impl Topology {
     }
 
     async fn wait_ready(&self, args: &UpArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let watch = self.discovery.watch_instances(shutdown.child_token()).await?;
+        let watch = self
+            .discovery
+            .watch_instances(shutdown.child_token())
+            .await?;
         let mut rx = watch.subscribe();
         let ready = async {
             loop {
@@ -182,7 +262,10 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("block-size", m.block_size.to_string());
     flag("num-gpu-blocks", m.num_gpu_blocks.to_string());
     flag("max-num-seqs", m.max_num_seqs.to_string());
-    flag("max-num-batched-tokens", m.max_num_batched_tokens.to_string());
+    flag(
+        "max-num-batched-tokens",
+        m.max_num_batched_tokens.to_string(),
+    );
     flag("speedup-ratio", m.speedup_ratio.to_string());
     flag("prefix-caching", m.prefix_caching.to_string());
     flag("eos-probability", m.eos_probability.to_string());

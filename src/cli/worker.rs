@@ -170,9 +170,10 @@ async fn start_engine(
     // Frontends in other processes resolve the tokenizer from this; a relative directory
     // would mean something else in their working directory.
     let tokenizer_source = match &files.dir {
-        Some(dir) if std::path::Path::new(&args.model_path).is_dir() => {
-            std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string()
-        }
+        Some(dir) if std::path::Path::new(&args.model_path).is_dir() => std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string(),
         _ => args.model_path.clone(),
     };
     match args.engine {

@@ -40,7 +40,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {limit:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -62,7 +66,10 @@ pub fn spawn(name: &str, args: &[&str]) -> Proc {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    Proc { name: name.to_owned(), child }
+    Proc {
+        name: name.to_owned(),
+        child,
+    }
 }
 
 /// Reads the child's stdout until a line containing `marker`; returns that line. Further
@@ -81,25 +88,40 @@ pub fn wait_for_line(proc: &mut Proc, marker: &str) -> String {
             }
         }
     });
-    rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("{} printed no {marker:?}", proc.name))
+    rx.recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("{} printed no {marker:?}", proc.name))
 }
 
 /// Extracts `http://host:port` from a line.
 pub fn url_in(line: &str) -> String {
-    let start = line.find("http://").unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let start = line
+        .find("http://")
+        .unwrap_or_else(|| panic!("no URL in {line:?}"));
     let rest = &line[start..];
-    let end = rest.find(|c: char| c.is_whitespace() || c == ';').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ';')
+        .unwrap_or(rest.len());
     rest[..end].trim_end_matches("/v1").to_owned()
 }
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Flags shared by the workers of these tests: fast simulation, short leases.
-pub const FAST_WORKER: &[&str] =
-    &["--speedup-ratio", "50", "--lease-ttl-secs", "2", "--drain-timeout-secs", "10"];
+pub const FAST_WORKER: &[&str] = &[
+    "--speedup-ratio",
+    "50",
+    "--lease-ttl-secs",
+    "2",
+    "--drain-timeout-secs",
+    "10",
+];
 
 /// A frontend and its workers on one file store.
 pub struct Topology {
@@ -115,15 +137,31 @@ impl Topology {
     pub async fn start(models: &[&str], frontend_args: &[&str]) -> Topology {
         let store_dir = tempfile::tempdir().unwrap();
         let dir = store_dir.path().to_str().unwrap().to_owned();
-        let workers = models.iter().map(|model| start_worker(&dir, model, &[])).collect();
+        let workers = models
+            .iter()
+            .map(|model| start_worker(&dir, model, &[]))
+            .collect();
         let mut args = vec![
-            "frontend", "--http-host", "127.0.0.1", "--http-port", "0", "--store-dir", &dir,
-            "--lease-ttl-secs", "2",
+            "frontend",
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--store-dir",
+            &dir,
+            "--lease-ttl-secs",
+            "2",
         ];
         args.extend_from_slice(frontend_args);
         let mut frontend = spawn("frontend", &args);
         let url = url_in(&wait_for_line(&mut frontend, "listening on"));
-        let topology = Topology { store_dir, frontend, workers, url, http: client() };
+        let topology = Topology {
+            store_dir,
+            frontend,
+            workers,
+            url,
+            http: client(),
+        };
         topology.wait_instances(models.len()).await;
         topology
     }
@@ -145,20 +183,30 @@ impl Topology {
             if total == Some(n) {
                 return;
             }
-            assert!(Instant::now() < deadline, "expected {n} instances, /health says {total:?}");
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} instances, /health says {total:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Live instances over all models, as /health reports them.
     pub async fn instance_count(&self) -> Option<usize> {
-        let resp = self.http.get(format!("{}/health", self.url)).send().await.ok()?;
+        let resp = self
+            .http
+            .get(format!("{}/health", self.url))
+            .send()
+            .await
+            .ok()?;
         let body: Value = resp.json().await.ok()?;
         Some(health_instances(&body).values().sum())
     }
 
     pub async fn health(&self) -> Value {
-        get_json(&self.http, &format!("{}/health", self.url)).await.1
+        get_json(&self.http, &format!("{}/health", self.url))
+            .await
+            .1
     }
 
     pub async fn models(&self) -> Vec<String> {
@@ -176,10 +224,11 @@ impl Topology {
     }
 
     pub async fn metrics(&self) -> String {
-        let resp = tokio::time::timeout(WAIT, self.http.get(format!("{}/metrics", self.url)).send())
-            .await
-            .unwrap()
-            .unwrap();
+        let resp =
+            tokio::time::timeout(WAIT, self.http.get(format!("{}/metrics", self.url)).send())
+                .await
+                .unwrap()
+                .unwrap();
         resp.text().await.unwrap()
     }
 }
@@ -191,7 +240,9 @@ pub fn health_instances(body: &Value) -> std::collections::BTreeMap<String, usiz
         .map(|m| {
             m.iter()
                 .map(|(name, v)| {
-                    let n = v.as_u64().or_else(|| v.get("instances").and_then(Value::as_u64));
+                    let n = v
+                        .as_u64()
+                        .or_else(|| v.get("instances").and_then(Value::as_u64));
                     (name.clone(), usize::try_from(n.unwrap_or(0)).unwrap())
                 })
                 .collect()
@@ -211,7 +262,10 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = tokio::time::timeout(WAIT, http.get(url).send()).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(WAIT, http.get(url).send())
+        .await
+        .unwrap()
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
@@ -221,7 +275,11 @@ pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16,
 }
 
 pub async fn post_raw(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
-    let send = http.post(url).header("content-type", "application/json").body(body).send();
+    let send = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
     let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
@@ -235,7 +293,10 @@ pub async fn post_sse(http: &reqwest::Client, url: &str, body: &Value) -> (u16, 
     let send = http.post(url).json(body).send();
     let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
     let status = resp.status().as_u16();
-    let text = tokio::time::timeout(WAIT, resp.text()).await.unwrap().unwrap();
+    let text = tokio::time::timeout(WAIT, resp.text())
+        .await
+        .unwrap()
+        .unwrap();
     let events = text
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))

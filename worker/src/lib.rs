@@ -6,7 +6,6 @@ pub mod error;
 pub mod mocker;
 pub mod service;
 
-
 pub use engine::{Engine, EngineStream};
 pub use error::{Error, Result};
 pub use service::{WorkerConfig, serve};

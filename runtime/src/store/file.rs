@@ -16,13 +16,11 @@
 //! between two scans are not seen, and re-putting the same value is not an event).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -31,6 +29,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+mod format;
+
+use self::format::{
+    KeyRecord, LeaseRecord, decode_key, encode_key, now_ms, read_if_present, remove_if_present,
+    write_atomic,
+};
 use super::{KvStore, LeaseId, WatchEvent, WatchStream};
 use crate::{Error, Result};
 
@@ -39,8 +43,6 @@ use crate::{Error, Result};
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Events a watch may queue before its scanner waits for the reader.
 const WATCH_BUFFER: usize = 64;
-/// Most file systems limit a file name to 255 bytes.
-const MAX_FILE_NAME: usize = 255;
 
 /// A [`KvStore`] in a directory. Clones share one handle; other processes may open the same
 /// directory and see each other's keys, leases and expiries.
@@ -51,7 +53,9 @@ pub struct FileStore {
 
 impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStore").field("dir", &self.inner.layout.root).finish()
+        f.debug_struct("FileStore")
+            .field("dir", &self.inner.layout.root)
+            .finish()
     }
 }
 
@@ -74,11 +78,14 @@ impl FileStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let root = dir.into();
-        let layout = Layout { keys: root.join("keys"), leases: root.join("leases"), root };
+        let layout = Layout {
+            keys: root.join("keys"),
+            leases: root.join("leases"),
+            root,
+        };
         for dir in [&layout.keys, &layout.leases] {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Store(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
         }
         Ok(FileStore {
             inner: Arc::new(Inner {
@@ -117,6 +124,7 @@ impl KvStore for FileStore {
             // positive i64, so stay in that range too.
             let id: LeaseId = rand::random_range(1..=i64::MAX.unsigned_abs());
             layout.write_lease(id, &LeaseRecord::starting_now(ttl))?;
+            layout.sweep_leases()?;
             Ok(id)
         })
         .await
@@ -138,7 +146,8 @@ impl KvStore for FileStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.blocking(move |layout| layout.remove_lease(lease)).await
+        self.blocking(move |layout| layout.remove_lease(lease))
+            .await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
@@ -150,16 +159,15 @@ impl KvStore for FileStore {
                     return Err(Error::LeaseExpired(id));
                 }
             }
-            let mut content = format!("lease={}\n", lease.unwrap_or(0)).into_bytes();
-            content.extend_from_slice(&value);
-            write_atomic(&layout.keys, &name, &content)
+            write_atomic(&layout.keys, &name, &KeyRecord::render(lease, &value))
         })
         .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let name = encode_key(key)?;
-        self.blocking(move |layout| layout.live_value(&name, &mut HashMap::new())).await
+        self.blocking(move |layout| layout.live_value(&name, &mut HashMap::new()))
+            .await
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -182,7 +190,9 @@ impl KvStore for FileStore {
         // The file watcher starts before the first scan, so no change falls between them.
         let file_events = watch_dir(&self.inner.layout.keys, Arc::clone(&wake));
         let owned_prefix = prefix.to_owned();
-        let initial = self.blocking(move |layout| layout.scan(&owned_prefix)).await?;
+        let initial = self
+            .blocking(move |layout| layout.scan(&owned_prefix))
+            .await?;
 
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stop = self.inner.cancel.child_token();
@@ -193,7 +203,9 @@ impl KvStore for FileStore {
             wake,
             stop: stop.clone(),
         };
-        self.inner.tracker.spawn(scanner.run(initial, tx, file_events));
+        self.inner
+            .tracker
+            .spawn(scanner.run(initial, tx, file_events));
         Ok(Box::pin(FileWatch {
             events: rx,
             _stop: stop.drop_guard(),
@@ -206,8 +218,10 @@ impl KvStore for FileStore {
 /// refuses one (e.g. out of inotify watches): polling alone then finds the changes.
 fn watch_dir(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let handler = move |_event: notify::Result<notify::Event>| wake.notify_one();
-    let started = notify::recommended_watcher(handler)
-        .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+    let started = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
     match started {
         Ok(watcher) => Some(watcher),
         Err(e) => {
@@ -283,7 +297,10 @@ fn diff(old: &BTreeMap<String, Vec<u8>>, new: &BTreeMap<String, Vec<u8>>) -> Vec
     let puts = new
         .iter()
         .filter(|(key, value)| old.get(*key) != Some(*value))
-        .map(|(key, value)| WatchEvent::Put { key: key.clone(), value: value.clone() });
+        .map(|(key, value)| WatchEvent::Put {
+            key: key.clone(),
+            value: value.clone(),
+        });
     deletes.chain(puts).collect()
 }
 
@@ -319,8 +336,7 @@ impl Layout {
     }
 
     fn write_lease(&self, id: LeaseId, record: &LeaseRecord) -> Result<()> {
-        let content = format!("deadline_ms={} ttl_ms={}\n", record.deadline_ms, record.ttl_ms);
-        write_atomic(&self.leases, &id.to_string(), content.as_bytes())
+        write_atomic(&self.leases, &id.to_string(), record.render().as_bytes())
     }
 
     fn read_lease(&self, id: LeaseId) -> Result<Option<LeaseRecord>> {
@@ -328,10 +344,12 @@ impl Layout {
         let Some(content) = read_if_present(&path)? else {
             return Ok(None);
         };
-        LeaseRecord::parse(&content).map(Some).ok_or_else(|| Error::Malformed {
-            key: path.display().to_string(),
-            reason: "not a lease record".into(),
-        })
+        LeaseRecord::parse(&content)
+            .map(Some)
+            .ok_or_else(|| Error::Malformed {
+                key: path.display().to_string(),
+                reason: "not a lease record".into(),
+            })
     }
 
     /// Whether `id` is live. An expired lease file is removed on sight.
@@ -362,7 +380,10 @@ impl Layout {
             Some(id) if !self.lease_is_live(id, cache)? => {
                 // Re-read just before removing, to leave alone a value another process has
                 // written over the dead one in the meantime.
-                if self.read_key(&path)?.is_some_and(|again| again.lease == Some(id)) {
+                if self
+                    .read_key(&path)?
+                    .is_some_and(|again| again.lease == Some(id))
+                {
                     remove_if_present(&path)?;
                 }
                 Ok(None)
@@ -375,10 +396,12 @@ impl Layout {
         let Some(content) = read_if_present(path)? else {
             return Ok(None);
         };
-        KeyRecord::parse(content).map(Some).ok_or_else(|| Error::Malformed {
-            key: path.display().to_string(),
-            reason: "no lease line".into(),
-        })
+        KeyRecord::parse(content)
+            .map(Some)
+            .ok_or_else(|| Error::Malformed {
+                key: path.display().to_string(),
+                reason: "no lease line".into(),
+            })
     }
 
     /// Every live key under `prefix`, removing dead ones on the way.
@@ -409,6 +432,26 @@ impl Layout {
         Ok(names)
     }
 
+    /// Removes every expired lease file. Reads remove those that keys refer to, but a lease no
+    /// key refers to (its process died between grant and put) would otherwise stay forever.
+    /// Grants are rare, so sweeping at each one costs little.
+    fn sweep_leases(&self) -> Result<()> {
+        let now = now_ms();
+        for entry in std::fs::read_dir(&self.leases)? {
+            let name = entry?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.parse::<LeaseId>().ok()) else {
+                continue;
+            };
+            // Unreadable or foreign files are not this sweep's to judge.
+            if let Ok(Some(record)) = self.read_lease(id)
+                && !record.is_live(now)
+            {
+                remove_if_present(&self.lease_path(id))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the lease file, then every key bound to it. Removing the lease first makes all
     /// its keys absent at once, even before their files are gone.
     fn remove_lease(&self, id: LeaseId) -> Result<()> {
@@ -418,149 +461,5 @@ impl Layout {
             self.live_value(&name, &mut cache)?;
         }
         Ok(())
-    }
-}
-
-struct LeaseRecord {
-    deadline_ms: u64,
-    ttl_ms: u64,
-}
-
-impl LeaseRecord {
-    fn starting_now(ttl: Duration) -> LeaseRecord {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        LeaseRecord { deadline_ms: now_ms().saturating_add(ttl_ms), ttl_ms }
-    }
-
-    fn is_live(&self, now_ms: u64) -> bool {
-        now_ms < self.deadline_ms
-    }
-
-    fn parse(content: &[u8]) -> Option<LeaseRecord> {
-        let text = std::str::from_utf8(content).ok()?;
-        let mut fields = text.split_whitespace();
-        let deadline_ms = fields.next()?.strip_prefix("deadline_ms=")?.parse().ok()?;
-        let ttl_ms = fields.next()?.strip_prefix("ttl_ms=")?.parse().ok()?;
-        Some(LeaseRecord { deadline_ms, ttl_ms })
-    }
-}
-
-struct KeyRecord {
-    lease: Option<LeaseId>,
-    value: Vec<u8>,
-}
-
-impl KeyRecord {
-    fn parse(mut content: Vec<u8>) -> Option<KeyRecord> {
-        let newline = content.iter().position(|b| *b == b'\n')?;
-        let header = std::str::from_utf8(&content[..newline]).ok()?;
-        let lease: LeaseId = header.strip_prefix("lease=")?.parse().ok()?;
-        let value = content.split_off(newline + 1);
-        Some(KeyRecord { lease: (lease != 0).then_some(lease), value })
-    }
-}
-
-fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Writes `dir/name` so that readers see either the old content or all of the new.
-fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> Result<()> {
-    let temp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&temp, content)?;
-    if let Err(e) = std::fs::rename(&temp, dir.join(name)) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(content) => Ok(Some(content)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes `path`; whether it was there (another process may have removed it first).
-fn remove_if_present(path: &Path) -> Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Percent-encodes every byte but ASCII letters, digits, `-` and `_`, so any key becomes one
-/// valid file name that never starts with the temp files' dot.
-fn encode_key(key: &str) -> Result<String> {
-    if key.is_empty() {
-        return Err(Error::Store("empty key".into()));
-    }
-    let mut name = String::with_capacity(key.len() * 3);
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
-            name.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(name, "%{byte:02X}");
-        }
-    }
-    if name.len() > MAX_FILE_NAME {
-        return Err(Error::Store(format!("key too long for the file store: {key}")));
-    }
-    Ok(name)
-}
-
-fn decode_key(name: &str) -> Option<String> {
-    let bytes = name.as_bytes();
-    let mut key = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                key.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' => {
-                key.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    String::from_utf8(key).ok().filter(|key| !key.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_round_trip_through_file_names() {
-        for key in ["/switchyard/default/instances/abc", "a b%c/é/..", ".", "-_x"] {
-            let name = encode_key(key).unwrap();
-            assert!(!name.starts_with('.'));
-            assert!(!name.contains('/'));
-            assert_eq!(decode_key(&name).as_deref(), Some(key));
-        }
-        assert!(encode_key("").is_err());
-        assert!(encode_key(&"/".repeat(100)).is_err());
-        assert_eq!(decode_key(".tmp-abc"), None);
-        assert_eq!(decode_key("%2"), None);
-    }
-
-    #[test]
-    fn records_parse() {
-        let key = KeyRecord::parse(b"lease=42\n{\"a\":\n1}".to_vec()).unwrap();
-        assert_eq!(key.lease, Some(42));
-        assert_eq!(key.value, b"{\"a\":\n1}");
-        assert_eq!(KeyRecord::parse(b"lease=0\n".to_vec()).unwrap().lease, None);
-        assert!(KeyRecord::parse(b"no header".to_vec()).is_none());
-        let lease = LeaseRecord::parse(b"deadline_ms=100 ttl_ms=10\n").unwrap();
-        assert!(lease.is_live(99) && !lease.is_live(100));
     }
 }

@@ -4,6 +4,7 @@
 //! shared by the processes of one machine). Every implementation passes [`conformance`].
 
 pub mod conformance;
+pub mod etcd;
 pub mod file;
 pub mod memory;
 
@@ -35,9 +36,11 @@ pub trait KvStore: Send + Sync + 'static {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
     /// Refreshes `lease`; [`crate::Error::LeaseExpired`] if it expired already.
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
-    /// Revokes `lease` and deletes every key bound to it.
+    /// Revokes `lease` and deletes every key bound to it, before it returns. Revoking a lease
+    /// that is gone already is not an error.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
-    /// Writes `key`, bound to `lease` when given.
+    /// Writes `key`, bound to `lease` when given (and unbound from any lease it had);
+    /// [`crate::Error::LeaseExpired`] if `lease` expired or was revoked.
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()>;
     /// Reads `key`; `None` when absent or bound to an expired lease.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -46,7 +49,10 @@ pub trait KvStore: Send + Sync + 'static {
     /// Deletes `key`; whether it existed.
     async fn delete(&self, key: &str) -> Result<bool>;
     /// The live keys under `prefix` as `Put` events, then every change after them, including
-    /// the `Delete` of keys whose lease expired.
+    /// the `Delete` of keys whose lease expired. A store may fold changes that come close
+    /// together (the file store diffs snapshots): a put and a delete in between may not show,
+    /// and re-putting the same value may not be an event; but the events always lead to the
+    /// store's current state. Dropping the stream ends the watch.
     async fn watch_prefix(&self, prefix: &str) -> Result<WatchStream>;
 }
 

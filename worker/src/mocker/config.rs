@@ -8,9 +8,9 @@ use crate::{Error, Result};
 pub struct MockerConfig {
     /// Tokens per KV block; also the block size of the prefix hashes published in the card
     /// and in KV events.
-    pub block_size: usize,
+    pub block_size: u32,
     /// KV blocks the simulated GPU holds; the cache never holds more.
-    pub num_gpu_blocks: usize,
+    pub num_gpu_blocks: u64,
     /// Most sequences running in one step (vLLM's `max_num_seqs`).
     pub max_num_seqs: usize,
     /// Token budget of one step: decode tokens plus prompt tokens computed
@@ -65,8 +65,8 @@ impl MockerConfig {
     /// Checks that the engine can run with this configuration.
     pub fn validate(&self) -> Result<()> {
         let positive = [
-            ("block_size", self.block_size),
-            ("num_gpu_blocks", self.num_gpu_blocks),
+            ("block_size", self.block_size as usize),
+            ("num_gpu_blocks", self.total_blocks()),
             ("max_num_seqs", self.max_num_seqs),
             ("max_num_batched_tokens", self.max_num_batched_tokens),
             ("vocab_size", self.vocab_size as usize),
@@ -135,6 +135,16 @@ impl MockerConfig {
             ));
         }
         self.profile.validate()
+    }
+
+    /// `block_size` as an index type.
+    pub(crate) fn block_tokens(&self) -> usize {
+        self.block_size as usize
+    }
+
+    /// `num_gpu_blocks` as an index type; validation keeps it below 2^32.
+    pub(crate) fn total_blocks(&self) -> usize {
+        usize::try_from(self.num_gpu_blocks).unwrap_or(usize::MAX)
     }
 
     /// Blocks admission keeps free (vLLM's `watermark_blocks`).

@@ -40,7 +40,6 @@ pub(crate) struct CachedPrefix {
 /// free (no hash, in `free`). So `active + lru.len() + free.len()` is the pool size.
 #[derive(Debug)]
 pub(crate) struct KvCache {
-    block_size: usize,
     prefix_caching: bool,
     blocks: Vec<BlockMeta>,
     by_hash: HashMap<u64, BlockId>,
@@ -54,10 +53,9 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(num_blocks: u32, block_size: usize, prefix_caching: bool) -> Self {
+    pub(crate) fn new(num_blocks: u32, prefix_caching: bool) -> Self {
         let n = num_blocks as usize;
         Self {
-            block_size,
             prefix_caching,
             blocks: vec![BlockMeta::default(); n],
             by_hash: HashMap::with_capacity(n),
@@ -69,10 +67,6 @@ impl KvCache {
             lookup_blocks: 0,
             events: Vec::new(),
         }
-    }
-
-    pub(crate) fn block_size(&self) -> usize {
-        self.block_size
     }
 
     pub(crate) fn num_blocks(&self) -> usize {
@@ -201,7 +195,8 @@ impl KvCache {
         for i in from..to {
             let hash = hashes[i];
             let id = table[i];
-            let fresh = self.blocks[id as usize].hash.is_none() && !self.by_hash.contains_key(&hash);
+            let fresh =
+                self.blocks[id as usize].hash.is_none() && !self.by_hash.contains_key(&hash);
             if fresh {
                 self.blocks[id as usize].hash = Some(hash);
                 self.by_hash.insert(hash, id);
@@ -257,7 +252,10 @@ impl KvCache {
     /// Panics when the block states disagree; O(blocks), for tests.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        assert_eq!(self.active + self.lru.len() + self.free.len(), self.blocks.len());
+        assert_eq!(
+            self.active + self.lru.len() + self.free.len(),
+            self.blocks.len()
+        );
         assert!(self.by_hash.len() <= self.blocks.len());
         let held = self.blocks.iter().filter(|b| b.refs > 0).count();
         assert_eq!(held, self.active);
@@ -266,11 +264,18 @@ impl KvCache {
         }
         for &id in &self.free {
             let meta = self.blocks[id as usize];
-            assert!(meta.refs == 0 && meta.hash.is_none(), "free block {id} is {meta:?}");
+            assert!(
+                meta.refs == 0 && meta.hash.is_none(),
+                "free block {id} is {meta:?}"
+            );
         }
         for (id, meta) in self.blocks.iter().enumerate() {
             let in_lru = self.lru.contains(id as u32);
-            assert_eq!(in_lru, meta.refs == 0 && meta.hash.is_some(), "block {id}: {meta:?}");
+            assert_eq!(
+                in_lru,
+                meta.refs == 0 && meta.hash.is_some(),
+                "block {id}: {meta:?}"
+            );
         }
     }
 }

@@ -65,11 +65,17 @@ fn block_hash_extends_the_routers_chain() {
 
 #[test]
 fn equal_prefixes_share_blocks() {
-    let mut cache = KvCache::new(8, BS, true);
+    let mut cache = KvCache::new(8, true);
     let a = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap_or_default();
     assert_eq!(cache.active_blocks(), 3);
     let prefix = cache.cached_prefix(&hashes(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0]));
-    assert_eq!(prefix, CachedPrefix { blocks: 2, evictable: 0 });
+    assert_eq!(
+        prefix,
+        CachedPrefix {
+            blocks: 2,
+            evictable: 0
+        }
+    );
     let b = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8, 0]).unwrap_or_default();
     assert_eq!(a[..2], b[..2]);
     assert_ne!(a[2], b[2]);
@@ -79,13 +85,19 @@ fn equal_prefixes_share_blocks() {
 
 #[test]
 fn released_blocks_stay_cached_and_are_evicted_tail_first() {
-    let mut cache = KvCache::new(3, BS, true);
+    let mut cache = KvCache::new(3, true);
     let mut a = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]).unwrap_or_default();
     cache.release(&mut a);
     assert_eq!(cache.active_blocks(), 0);
     assert_eq!(cache.available(), 3);
     let h = hashes(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-    assert_eq!(cache.cached_prefix(&h), CachedPrefix { blocks: 3, evictable: 3 });
+    assert_eq!(
+        cache.cached_prefix(&h),
+        CachedPrefix {
+            blocks: 3,
+            evictable: 3
+        }
+    );
     cache.drain_events().for_each(drop);
 
     // One fresh block evicts the last block of the released sequence, not its prefix.
@@ -104,7 +116,7 @@ fn released_blocks_stay_cached_and_are_evicted_tail_first() {
 
 #[test]
 fn allocation_is_all_or_nothing() {
-    let mut cache = KvCache::new(2, BS, true);
+    let mut cache = KvCache::new(2, true);
     let mut table = Vec::new();
     assert!(!cache.allocate(3, &mut table));
     assert!(table.is_empty());
@@ -113,7 +125,7 @@ fn allocation_is_all_or_nothing() {
 
 #[test]
 fn a_duplicate_block_is_not_stored_twice() {
-    let mut cache = KvCache::new(4, BS, true);
+    let mut cache = KvCache::new(4, true);
     let tokens = [1, 2, 3, 4];
     let h = hashes(&tokens);
     // Two sequences computed the same block in the same step, before either registered.
@@ -135,7 +147,7 @@ fn a_duplicate_block_is_not_stored_twice() {
 
 #[test]
 fn stored_events_chain_to_their_parent() {
-    let mut cache = KvCache::new(4, BS, true);
+    let mut cache = KvCache::new(4, true);
     let tokens: Vec<u32> = (0..12).collect();
     let h = hashes(&tokens);
     let mut table = Vec::new();
@@ -160,7 +172,7 @@ fn stored_events_chain_to_their_parent() {
 
 #[test]
 fn without_prefix_caching_nothing_is_shared_or_published() {
-    let mut cache = KvCache::new(4, BS, false);
+    let mut cache = KvCache::new(4, false);
     let mut a = admit(&mut cache, &[1, 2, 3, 4]).unwrap_or_default();
     cache.release(&mut a);
     assert_eq!(cache.cached_prefix(&hashes(&[1, 2, 3, 4])).blocks, 0);
@@ -170,7 +182,7 @@ fn without_prefix_caching_nothing_is_shared_or_published() {
 
 #[test]
 fn clear_forgets_unused_blocks() {
-    let mut cache = KvCache::new(4, BS, true);
+    let mut cache = KvCache::new(4, true);
     let mut index = HashSet::new();
     let mut a = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap_or_default();
     cache.release(&mut a);
@@ -184,7 +196,11 @@ fn clear_forgets_unused_blocks() {
 #[derive(Debug, Clone)]
 enum Op {
     /// A prompt made of shared prefix `prefix` (0..4 blocks of it) and a private tail.
-    Admit { prefix: u8, shared_blocks: u8, tail: Vec<u32> },
+    Admit {
+        prefix: u8,
+        shared_blocks: u8,
+        tail: Vec<u32>,
+    },
     /// Finish the `n`-th live sequence (mod the count).
     Release(usize),
 }
@@ -208,7 +224,7 @@ proptest! {
         blocks in 1u32..24,
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        let mut cache = KvCache::new(blocks, BS, true);
+        let mut cache = KvCache::new(blocks, true);
         let mut live: Vec<Vec<BlockId>> = Vec::new();
         let mut index = HashSet::new();
         for op in ops {

@@ -1,0 +1,367 @@
+//! Runs one benchmark point: warmup, then every session at its scheduled time, at most
+//! `--max-concurrency` at once. The client runs on a thread of its own (a single-threaded
+//! runtime), so that its CPU time can be measured exactly and in-process servers (the topology
+//! runner's frontend) never share its scheduler.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{HttpClient, body};
+use crate::config::{RequestRate, RunConfig};
+use crate::dataset::{Dataset, Prompt};
+use crate::record::{Failure, FailureKind, RequestRecord};
+use crate::{Error, arrival};
+
+/// Warmup requests ask for at most this many tokens (as bench_serving's do).
+const WARMUP_MAX_TOKENS: u32 = 32;
+
+/// Preallocated chunk slots per request, at most (longer outputs grow as usual).
+const MAX_PREALLOCATED_CHUNKS: usize = 4096;
+
+/// One point of a sweep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub request_rate: RequestRate,
+    pub max_concurrency: Option<usize>,
+}
+
+/// What a point measured.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Every request of the workload, in workload order.
+    pub records: Vec<RequestRecord>,
+    /// From the first scheduled send to the last response.
+    pub duration: Duration,
+    /// CPU time of the client thread during the measured run (none where unsupported).
+    pub client_cpu: Option<Duration>,
+}
+
+/// Runs `point` against `config.base_url` on a dedicated client thread.
+pub async fn run_point(
+    config: Arc<RunConfig>,
+    dataset: Arc<Dataset>,
+    point: Point,
+    shutdown: CancellationToken,
+) -> Result<RunOutput, Error> {
+    config.validate()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(drive(config, dataset, point, shutdown)),
+                Err(e) => Err(Error::Client(format!("starting its runtime: {e}"))),
+            };
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::Client(format!("starting its thread: {e}")))?;
+    let result = rx
+        .await
+        .map_err(|_| Error::Client("the client thread died".into()));
+    // It has sent its result; joining only waits for its runtime to wind down.
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    result?
+}
+
+/// What every request task shares.
+struct Ctx {
+    config: Arc<RunConfig>,
+    dataset: Arc<Dataset>,
+    client: HttpClient,
+    uri: Uri,
+    progress: Option<ProgressBar>,
+}
+
+async fn drive(
+    config: Arc<RunConfig>,
+    dataset: Arc<Dataset>,
+    point: Point,
+    shutdown: CancellationToken,
+) -> Result<RunOutput, Error> {
+    if dataset.sessions.is_empty() {
+        return Err(Error::Config("the dataset is empty".into()));
+    }
+    let client = HttpClient::new(&config.base_url, config.api_key.as_deref()).await?;
+    let uri = client.uri(config.backend.endpoint.path())?;
+    // Every first turn's bytes are built before the clock starts.
+    let bodies = dataset
+        .sessions
+        .iter()
+        .map(|s| body::build(&config, &s.turns[0].prompt, s.turns[0].output_len))
+        .collect::<Result<Vec<Bytes>, Error>>()?;
+    let progress = config
+        .progress
+        .then(|| progress_bar(dataset.num_requests()));
+    let ctx = Arc::new(Ctx {
+        config,
+        dataset,
+        client,
+        uri,
+        progress,
+    });
+    let result = match warmup(&ctx).await {
+        Ok(()) => measure(&ctx, point, bodies, &shutdown).await,
+        Err(e) => Err(e),
+    };
+    if let Some(bar) = &ctx.progress {
+        bar.finish_and_clear();
+    }
+    ctx.client.close().await;
+    result
+}
+
+fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} requests [{elapsed_precise}<{eta_precise}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn warmup(ctx: &Arc<Ctx>) -> Result<(), Error> {
+    let n = ctx.config.warmup_requests;
+    if n == 0 {
+        return Ok(());
+    }
+    let first = &ctx.dataset.sessions[0].turns[0];
+    let output_len = first.output_len.min(WARMUP_MAX_TOKENS);
+    let body = body::build(&ctx.config, &first.prompt, output_len)?;
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let (ctx, body) = (ctx.clone(), body.clone());
+        set.spawn(async move {
+            let request = Request {
+                index: i,
+                prompt_len: first_len(&ctx),
+                output_len,
+                scheduled: Duration::ZERO,
+            };
+            one_request(&ctx, request, body, t0).await
+        });
+    }
+    let mut first_failure = None;
+    let mut any_ok = false;
+    while let Some(joined) = set.join_next().await {
+        let record = joined.map_err(|e| Error::Client(e.to_string()))?;
+        match record.failure {
+            None => any_ok = true,
+            Some(f) => {
+                first_failure.get_or_insert(f.message);
+            }
+        }
+    }
+    match (any_ok, first_failure) {
+        (false, Some(message)) => Err(Error::Warmup(message)),
+        _ => Ok(()),
+    }
+}
+
+fn first_len(ctx: &Ctx) -> usize {
+    ctx.dataset.sessions[0].turns[0].prompt_len
+}
+
+async fn measure(
+    ctx: &Arc<Ctx>,
+    point: Point,
+    bodies: Vec<Bytes>,
+    shutdown: &CancellationToken,
+) -> Result<RunOutput, Error> {
+    let sessions = &ctx.dataset.sessions;
+    let offsets = arrival::schedule(
+        sessions.len(),
+        point.request_rate,
+        ctx.config.burstiness,
+        ctx.config.seed,
+    )?;
+    let limit = point.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
+    let mut first_index = Vec::with_capacity(sessions.len());
+    let mut total = 0;
+    for s in sessions {
+        first_index.push(total);
+        total += s.turns.len();
+    }
+    let cpu_before = thread_cpu();
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for (session, (offset, body)) in offsets.into_iter().zip(bodies).enumerate() {
+        let due = t0 + offset;
+        if due > Instant::now() {
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                () = shutdown.cancelled() => return Err(Error::Cancelled),
+            }
+        }
+        let (ctx, limit, index) = (ctx.clone(), limit.clone(), first_index[session]);
+        set.spawn(async move {
+            // Held for the whole conversation: a session is one user.
+            let _permit = match limit {
+                Some(limit) => limit.acquire_owned().await.ok(),
+                None => None,
+            };
+            run_session(&ctx, session, index, offset, body, t0).await
+        });
+    }
+    let mut records = Vec::with_capacity(total);
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(Ok(done)) => records.extend(done),
+                Some(Err(e)) => return Err(Error::Client(format!("a request task failed: {e}"))),
+                None => break,
+            },
+            () = shutdown.cancelled() => return Err(Error::Cancelled),
+        }
+    }
+    let duration = t0.elapsed();
+    let client_cpu = match (cpu_before, thread_cpu()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    records.sort_by_key(|r| r.index);
+    Ok(RunOutput {
+        records,
+        duration,
+        client_cpu,
+    })
+}
+
+/// The turns of one session, one after another; a later turn is due when the one before ends.
+async fn run_session(
+    ctx: &Ctx,
+    session: usize,
+    first_index: usize,
+    scheduled: Duration,
+    first_body: Bytes,
+    t0: Instant,
+) -> Vec<RequestRecord> {
+    let turns = &ctx.dataset.sessions[session].turns;
+    let mut records = Vec::with_capacity(turns.len());
+    let mut history: Vec<(String, String)> = Vec::new();
+    let (mut scheduled, mut history_tokens) = (scheduled, 0);
+    let mut next_body = Some(first_body);
+    for (k, turn) in turns.iter().enumerate() {
+        let prompt_len = history_tokens + turn.prompt_len;
+        let request = Request {
+            index: first_index + k,
+            prompt_len,
+            output_len: turn.output_len,
+            scheduled,
+        };
+        let body = match next_body.take() {
+            Some(body) => Ok(body),
+            None => match &turn.prompt {
+                Prompt::Text(text) => {
+                    let prompt = body::with_history(ctx.config.backend.endpoint, &history, text);
+                    body::build(&ctx.config, &prompt, turn.output_len)
+                }
+                prompt => body::build(&ctx.config, prompt, turn.output_len),
+            },
+        };
+        let record = match body {
+            Ok(body) => one_request(ctx, request, body, t0).await,
+            Err(e) => unsent(request, t0, &e),
+        };
+        if let Some(bar) = &ctx.progress {
+            bar.inc(1);
+        }
+        history_tokens = prompt_len + record.output_tokens();
+        if let Prompt::Text(text) = &turn.prompt {
+            history.push((text.clone(), record.text.clone()));
+        }
+        scheduled = record.end;
+        records.push(record);
+    }
+    records
+}
+
+/// What a request is, before it is sent.
+struct Request {
+    index: usize,
+    prompt_len: usize,
+    output_len: u32,
+    scheduled: Duration,
+}
+
+fn new_record(request: &Request) -> RequestRecord {
+    let slots = (request.output_len as usize + 1).min(MAX_PREALLOCATED_CHUNKS);
+    RequestRecord {
+        index: request.index,
+        prompt_len: request.prompt_len,
+        output_len_requested: request.output_len,
+        scheduled: request.scheduled,
+        chunk_times: Vec::with_capacity(slots),
+        chunk_text_ends: Vec::with_capacity(slots),
+        text: String::with_capacity(slots * 4),
+        ..RequestRecord::default()
+    }
+}
+
+fn unsent(request: Request, t0: Instant, error: &Error) -> RequestRecord {
+    let mut record = new_record(&request);
+    record.sent = t0.elapsed();
+    record.end = record.sent;
+    record.failure = Some(Failure {
+        kind: FailureKind::Protocol,
+        message: error.to_string(),
+    });
+    record
+}
+
+async fn one_request(ctx: &Ctx, request: Request, body: Bytes, t0: Instant) -> RequestRecord {
+    let mut record = new_record(&request);
+    let config = &ctx.config;
+    record.sent = t0.elapsed();
+    let generate = ctx.client.generate(
+        &ctx.uri,
+        body,
+        config.backend.endpoint,
+        config.stream,
+        t0,
+        &mut record,
+    );
+    let failure = match tokio::time::timeout(config.request_timeout, generate).await {
+        Ok(Ok(())) => None,
+        Ok(Err(failure)) => Some(failure),
+        Err(_) => Some(Failure {
+            kind: FailureKind::Timeout,
+            message: format!("no complete response within {:?}", config.request_timeout),
+        }),
+    };
+    if failure.is_some() {
+        record.end = t0.elapsed();
+    } else if record.chunk_times.is_empty() && request.output_len > 0 {
+        record.failure = Some(Failure {
+            kind: FailureKind::EmptyOutput,
+            message: "the response carried no generated text".into(),
+        });
+    }
+    if failure.is_some() {
+        record.failure = failure;
+    }
+    record
+}
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu() -> Option<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let time = |t: nix::sys::time::TimeVal| {
+        let micros =
+            u64::try_from(t.tv_sec()).ok()? * 1_000_000 + u64::try_from(t.tv_usec()).ok()?;
+        Some(Duration::from_micros(micros))
+    };
+    Some(time(usage.user_time())? + time(usage.system_time())?)
+}

@@ -1,0 +1,205 @@
+//! One response in progress: worker chunks in, text deltas and a finish out. Shared by both
+//! endpoints, streaming or not. Detokenizes, matches stop strings (dropping the worker stream
+//! on a match, which cancels the work), counts tokens, and bounds every wait by the request's
+//! deadline. Dropping it (client gone) drops the worker stream too.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, WorkerError};
+use switchyard_runtime::ChunkStream;
+use tokio::time::timeout_at;
+
+use crate::detokenize::Detokenizer;
+use crate::error::Error;
+use crate::metrics::RequestTracker;
+use crate::openai::response::Usage;
+use crate::routing::{Dispatched, InFlightGuard};
+use crate::stop::StopMatcher;
+
+/// How a response ended well.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finish {
+    pub reason: &'static str,
+    pub usage: Usage,
+}
+
+/// What [`Generation::next_step`] produced.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// New text, in [`Generation::text`].
+    Text,
+    Finished(Finish),
+    Failed(Error),
+}
+
+/// The response of one accepted request.
+pub(crate) struct Generation {
+    first: Option<GenerateChunk>,
+    /// The worker's chunks; replaced by an empty stream (cancelling the work) once finished.
+    stream: ChunkStream,
+    in_flight: Option<InFlightGuard>,
+    detokenizer: Detokenizer,
+    stop: StopMatcher,
+    /// One token's text, before stop matching.
+    scratch: String,
+    /// The text of the last [`Step::Text`].
+    text: String,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    finish: Option<Finish>,
+    done: bool,
+    tracker: RequestTracker,
+}
+
+/// What a generation needs besides the dispatched request.
+pub(crate) struct GenerationSetup {
+    pub detokenizer: Detokenizer,
+    pub stop: Vec<String>,
+    pub prompt_tokens: u32,
+    pub deadline: tokio::time::Instant,
+    pub timeout: Duration,
+}
+
+impl Generation {
+    pub fn new(
+        dispatched: Dispatched,
+        setup: GenerationSetup,
+        tracker: RequestTracker,
+    ) -> Generation {
+        Generation {
+            first: Some(dispatched.first),
+            stream: dispatched.stream,
+            in_flight: Some(dispatched.in_flight),
+            detokenizer: setup.detokenizer,
+            stop: StopMatcher::new(setup.stop),
+            scratch: String::new(),
+            text: String::new(),
+            deadline: setup.deadline,
+            timeout: setup.timeout,
+            prompt_tokens: setup.prompt_tokens,
+            completion_tokens: 0,
+            finish: None,
+            done: false,
+            tracker,
+        }
+    }
+
+    /// The text of the last [`Step::Text`].
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The next piece of the response; `None` after a `Finished` or `Failed` step.
+    pub async fn next_step(&mut self) -> Option<Step> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(finish) = self.finish.take() {
+                self.done = true;
+                self.tracker.finish(200);
+                return Some(Step::Finished(finish));
+            }
+            let chunk = match self.first.take() {
+                Some(chunk) => chunk,
+                None => match timeout_at(self.deadline, self.stream.next()).await {
+                    Ok(Some(Ok(chunk))) => chunk,
+                    Ok(Some(Err(e))) => return Some(self.fail(Error::Worker(e.to_string()))),
+                    Ok(None) => {
+                        return Some(self.fail(Error::Worker(
+                            "the stream ended without a final chunk".into(),
+                        )));
+                    }
+                    Err(_) => {
+                        return Some(self.fail(Error::Timeout {
+                            after: self.timeout,
+                        }));
+                    }
+                },
+            };
+            if let Some(error) = &chunk.error {
+                return Some(self.fail(worker_error(error)));
+            }
+            if chunk.finish_reason() == FinishReason::Error {
+                return Some(self.fail(Error::Worker(
+                    "the worker ended the response with an error".into(),
+                )));
+            }
+            self.text.clear();
+            self.absorb(&chunk);
+            if !self.text.is_empty() {
+                return Some(Step::Text);
+            }
+        }
+    }
+
+    /// Turns a chunk's tokens into text; notes the finish if the chunk ends the response.
+    fn absorb(&mut self, chunk: &GenerateChunk) {
+        self.tracker.tokens(chunk.token_ids.len(), Instant::now());
+        for &id in &chunk.token_ids {
+            self.completion_tokens += 1;
+            self.scratch.clear();
+            self.detokenizer.push(id, &mut self.scratch);
+            if self.stop.push(&self.scratch, &mut self.text) {
+                self.finish_with("stop", self.completion_tokens, 0);
+                return;
+            }
+        }
+        let reason = chunk.finish_reason();
+        if reason == FinishReason::Unspecified {
+            return;
+        }
+        self.scratch.clear();
+        self.detokenizer.flush(&mut self.scratch);
+        let stopped = self.stop.push(&self.scratch, &mut self.text);
+        if !stopped {
+            self.stop.flush(&mut self.text);
+        }
+        let usage = chunk.usage.unwrap_or_default();
+        let completion = if chunk.usage.is_some() {
+            usage.completion_tokens
+        } else {
+            self.completion_tokens
+        };
+        let reason = if stopped {
+            Some("stop")
+        } else {
+            reason.openai_name()
+        };
+        self.finish_with(reason.unwrap_or("stop"), completion, usage.cached_tokens);
+    }
+
+    fn finish_with(&mut self, reason: &'static str, completion_tokens: u32, cached_tokens: u32) {
+        self.finish = Some(Finish {
+            reason,
+            usage: Usage::new(self.prompt_tokens, completion_tokens, cached_tokens),
+        });
+        self.release_worker();
+    }
+
+    /// Drops the worker's stream (cancelling whatever it still does) and its in-flight count.
+    fn release_worker(&mut self) {
+        self.stream = Box::pin(futures::stream::empty());
+        self.in_flight = None;
+    }
+
+    fn fail(&mut self, error: Error) -> Step {
+        self.done = true;
+        self.tracker.finish(error.status().as_u16());
+        self.release_worker();
+        Step::Failed(error)
+    }
+}
+
+/// The frontend's error for a worker's error chunk.
+fn worker_error(error: &WorkerError) -> Error {
+    match error.kind() {
+        ErrorKind::InvalidRequest => Error::WorkerRejected {
+            message: error.message.clone(),
+        },
+        kind => Error::Worker(format!("{kind:?}: {}", error.message)),
+    }
+}

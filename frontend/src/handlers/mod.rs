@@ -1,0 +1,204 @@
+//! HTTP handlers. The two generation endpoints share everything after their own parsing and
+//! preprocessing: model lookup, dispatch to a worker, and the response.
+
+pub(crate) mod chat;
+pub(crate) mod completions;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use switchyard_proto::{GenerateRequest, SamplingParams};
+use switchyard_router::{Policy, block_hashes};
+use switchyard_runtime::RequestClient;
+use tokio::time::Instant;
+
+use crate::config::FrontendConfig;
+use crate::error::Error;
+use crate::generation::{Generation, GenerationSetup, Step};
+use crate::metrics::RequestTracker;
+use crate::models::{ModelEntry, ModelRegistry};
+use crate::openai::params::{RequestParams, resolve_max_tokens};
+use crate::openai::response::ResponseMeta;
+use crate::preprocess::Preprocessor;
+use crate::routing::Dispatch;
+use crate::stream::{ApiKind, collect_response, sse_response};
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub config: FrontendConfig,
+    pub registry: ModelRegistry,
+    pub client: Arc<dyn RequestClient>,
+    pub policy: Box<dyn Policy>,
+}
+
+/// A request ready for a worker.
+pub(crate) struct Prepared {
+    pub entry: Arc<ModelEntry>,
+    pub preprocessor: Arc<Preprocessor>,
+    pub token_ids: Vec<u32>,
+    pub params: RequestParams,
+    /// The field holding the prompt, for errors about its length.
+    pub prompt_param: &'static str,
+}
+
+/// The body's bytes; a body over the limit is a 413.
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, Error> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            Error::BodyTooLarge { limit }
+        }
+        other => Error::InvalidRequest {
+            message: format!("cannot read the request body: {other}"),
+            param: None,
+        },
+    })
+}
+
+/// The model a request names: 404 when discovery never had it, 503 when it has no instance
+/// that can take the request now.
+pub(crate) fn lookup(state: &AppState, model: Option<&str>) -> Result<Arc<ModelEntry>, Error> {
+    let model = model.ok_or_else(|| Error::invalid("model", "`model` is required"))?;
+    let table = state.registry.table();
+    let entry = table.get(model).ok_or_else(|| Error::ModelNotFound {
+        model: model.to_owned(),
+    })?;
+    if entry.instances.is_empty() {
+        return Err(Error::NoInstance {
+            model: model.to_owned(),
+        });
+    }
+    Ok(entry.clone())
+}
+
+/// Answers a request that failed before reaching a worker, recording it.
+pub(crate) fn reject(error: Error, mut tracker: RequestTracker) -> Response {
+    tracker.finish(error.status().as_u16());
+    error.into_response()
+}
+
+/// The request's deadline.
+pub(crate) fn deadline(state: &AppState, tracker: &RequestTracker) -> Instant {
+    Instant::from_std(tracker.started_at()) + state.config.request_timeout
+}
+
+/// Sends a prepared request to a worker and answers with its response, streamed or whole.
+pub(crate) async fn respond(
+    state: &AppState,
+    prepared: Prepared,
+    tracker: RequestTracker,
+    deadline: Instant,
+    kind: ApiKind,
+) -> Response {
+    let Prepared {
+        entry,
+        preprocessor,
+        token_ids,
+        params,
+        prompt_param,
+    } = prepared;
+    let prompt_tokens = token_ids.len();
+    let max_tokens = match resolve_max_tokens(
+        &params,
+        prompt_tokens,
+        entry.context_length.or(preprocessor.context_length()),
+        state.config.default_max_tokens,
+        prompt_param,
+    ) {
+        Ok(max) => max,
+        Err(e) => return reject(e, tracker),
+    };
+    let meta = ResponseMeta {
+        id: new_id(kind),
+        model: entry.name.clone(),
+        created: unix_now(),
+    };
+    let request = GenerateRequest {
+        request_id: meta.id.clone(),
+        model: entry.name.clone(),
+        block_hashes: block_hashes(&token_ids, entry.kv_block_size),
+        token_ids,
+        sampling: Some(SamplingParams {
+            max_tokens,
+            min_tokens: params.min_tokens.min(max_tokens),
+            temperature: params.temperature,
+            top_p: params.top_p,
+            top_k: params.top_k,
+            seed: params.seed,
+            stop: params.stop.clone(),
+            stop_token_ids: params.stop_token_ids,
+            ignore_eos: params.ignore_eos,
+        }),
+        disaggregated: None,
+        deadline_ms: 0,
+    };
+    let dispatch = Dispatch {
+        model: &entry,
+        policy: state.policy.as_ref(),
+        client: state.client.as_ref(),
+        max_attempts: state.config.max_attempts,
+        deadline,
+        timeout: state.config.request_timeout,
+    };
+    let dispatched = match dispatch.send(request).await {
+        Ok(dispatched) => dispatched,
+        Err(e) => return reject(e, tracker),
+    };
+    tracker.prompt_sent(prompt_tokens);
+    let setup = GenerationSetup {
+        detokenizer: preprocessor.detokenizer(),
+        stop: params.stop,
+        prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+        deadline,
+        timeout: state.config.request_timeout,
+    };
+    let mut generation = Generation::new(dispatched, setup, tracker);
+    if !params.stream {
+        return collect_response(generation, meta, kind).await;
+    }
+    // The first step is awaited before answering, so a request that fails before any output
+    // still gets a plain error status rather than a 200 stream holding an error.
+    match generation.next_step().await {
+        Some(Step::Failed(error)) => error.into_response(),
+        Some(first) => sse_response(generation, first, meta, kind, params.include_usage),
+        None => Error::Internal("response ended before it began".into()).into_response(),
+    }
+}
+
+fn new_id(kind: ApiKind) -> String {
+    let prefix = match kind {
+        ApiKind::Chat => "chatcmpl",
+        ApiKind::Completion => "cmpl",
+    };
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Any path without a route: 404 in OpenAI's shape.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
+    Error::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
+}
+
+/// A known path with the wrong method: 405 in OpenAI's shape.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    Error::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
+}

@@ -1,0 +1,157 @@
+//! The mocker: a simulated GPU inference engine, the default wherever no GPU is present.
+//!
+//! It models vLLM's engine closely enough for benchmarks and routing studies: a paged KV
+//! cache with a fixed number of blocks and prefix caching (ref-counted blocks found by
+//! chained block hash, LRU eviction), a continuous-batching scheduler with a token budget
+//! per step, chunked prefill and recompute preemption, and a time model per step (see
+//! [`TimingProfile`]) slept out on the tokio clock, so paused-time tests see exact times.
+//! Tokens are pseudo-random but deterministic per seed. It publishes real KV events and
+//! load reports.
+
+mod actor;
+mod config;
+mod kv_cache;
+mod lru;
+mod sampler;
+mod scheduler;
+mod sequence;
+mod stream;
+mod timing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use switchyard_proto::{GenerateRequest, KvEvent, LoadReport, ModelCard};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::MockerConfig;
+pub use timing::{Quadratic, TimingProfile};
+
+use crate::engine::{Engine, EngineStream};
+use crate::{Error, Result};
+use actor::Actor;
+use scheduler::Scheduler;
+use sequence::Sequence;
+use stream::OutputStream;
+
+/// KV events a slow subscriber may fall behind by before it sees a gap in event ids.
+const KV_EVENT_BUFFER: usize = 16_384;
+
+/// The engine kind published in the model card.
+pub const ENGINE_KIND: &str = "mocker";
+
+/// A simulated engine. Its scheduler runs as one task that stops when the shutdown token
+/// given to [`MockerEngine::start`] fires or the engine is dropped; requests still in it
+/// then end with a `ShuttingDown` error chunk.
+pub struct MockerEngine {
+    card: ModelCard,
+    config: MockerConfig,
+    commands: mpsc::UnboundedSender<Sequence>,
+    next_id: AtomicU64,
+    events: broadcast::Sender<KvEvent>,
+    load: watch::Receiver<LoadReport>,
+    preemptions: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl MockerEngine {
+    /// Validates `config` and starts the scheduler; call inside a tokio runtime.
+    ///
+    /// The card's `context_length`, `kv_block_size`, `kv_total_blocks` and `engine` are
+    /// replaced by what this engine simulates, so routers see the real geometry.
+    pub fn start(
+        config: MockerConfig,
+        mut card: ModelCard,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        config.validate()?;
+        card.context_length = config.context_length;
+        card.kv_block_size = config.block_size;
+        card.kv_total_blocks = config.num_gpu_blocks;
+        card.engine = ENGINE_KIND.to_owned();
+
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(KV_EVENT_BUFFER);
+        let scheduler = Scheduler::new(config.clone());
+        let (load_tx, load) = watch::channel(scheduler.load());
+        let preemptions = Arc::new(AtomicU64::new(0));
+        let actor = Actor {
+            scheduler,
+            speedup_ratio: config.speedup_ratio,
+            commands: commands_rx,
+            events: events.clone(),
+            load: load_tx,
+            preemptions: preemptions.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let tracker = TaskTracker::new();
+        tracker.spawn(actor.run());
+        tracker.close();
+        Ok(Self {
+            card,
+            config,
+            commands,
+            next_id: AtomicU64::new(0),
+            events,
+            load,
+            preemptions,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &MockerConfig {
+        &self.config
+    }
+
+    /// KV events from now on: `Stored` when blocks become cached, `Removed` when cached
+    /// blocks are evicted, `Cleared` when the engine stops. `event_id` grows by one per
+    /// event of this engine; a gap means the receiver lagged and should resynchronise.
+    pub fn kv_events(&self) -> broadcast::Receiver<KvEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sequences preempted (and later recomputed) since start: a sign the cache is too
+    /// small for the load, as vLLM's `num_preemptions`.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the scheduler task has stopped (after the shutdown token fired).
+    pub async fn stopped(&self) {
+        self.tracker.wait().await;
+    }
+}
+
+#[async_trait]
+impl Engine for MockerEngine {
+    fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    async fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancellationToken,
+    ) -> Result<EngineStream, Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let (output, output_rx) = mpsc::unbounded_channel();
+        // A child: dropping the stream cancels it without touching the caller's token.
+        let abort = cancel.child_token();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let seq = Sequence::new(id, &self.config, request, output, abort.clone())?;
+        self.commands.send(seq).map_err(|_| Error::ShuttingDown)?;
+        Ok(Box::pin(OutputStream::new(output_rx, abort)))
+    }
+
+    fn load(&self) -> Option<LoadReport> {
+        Some(*self.load.borrow())
+    }
+}
