@@ -1,13 +1,36 @@
-//! End-to-end: the real binary as processes (a frontend and mocker workers on one file store,
-//! TCP request plane), driven over real HTTP.
+//! End-to-end: the real binary as processes (a frontend and mocker workers), driven over real
+//! HTTP, on every topology: {file, etcd} store × {tcp} request plane. Each test is written once
+//! as a function of the [`Mode`] and instantiated per topology below.
 
 mod support;
+
+/// Instantiates each named test once per topology, as `<topology>::<test>`.
+macro_rules! on_every_topology {
+    ($($test:ident),* $(,)?) => {
+        mod file_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Mode::FILE_TCP).await })*
+        }
+        mod etcd_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Mode::ETCD_TCP).await })*
+        }
+    };
+}
+
+on_every_topology!(
+    chat_and_completions_stream_and_not_with_usage_that_adds_up,
+    round_robin_uses_both_workers,
+    a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding,
+    sigterm_deregisters_at_once_and_drains_in_flight_requests,
+    bad_requests_get_openai_errors_with_the_right_status,
+);
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::{Topology, WAIT, post_raw, post_sse};
+use support::{Mode, Topology, WAIT, post_raw, post_sse};
 
 const MODEL: &str = "switchyard-tiny";
 
@@ -22,29 +45,19 @@ fn chat_body(content: &str, max_tokens: u32) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
 }
 
-#[tokio::test]
-async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
-    let t = Topology::start(&[MODEL, MODEL], &[]).await;
+async fn chat_and_completions_stream_and_not_with_usage_that_adds_up(mode: Mode) {
+    let t = Topology::start_on(mode, &[MODEL, MODEL], &[]).await;
 
     // Chat, not streamed: the prompt is the ChatML rendering of the message.
-    let (status, body) = t
-        .post("/v1/chat/completions", &chat_body("Hello there", 7))
-        .await;
+    let (status, body) = t.post("/v1/chat/completions", &chat_body("Hello there", 7)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], MODEL);
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert!(
-        body["choices"][0]["message"]["content"].is_string(),
-        "{body}"
-    );
+    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     let rendered = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n";
-    assert_eq!(
-        body["usage"]["prompt_tokens"],
-        token_count(rendered),
-        "{body}"
-    );
+    assert_eq!(body["usage"]["prompt_tokens"], token_count(rendered), "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 7);
     assert_eq!(body["usage"]["total_tokens"], token_count(rendered) + 7);
 
@@ -65,20 +78,10 @@ async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
     req["stream_options"] = json!({"include_usage": true});
     let (status, events) = post_sse(&t.http, &url, &req).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{events:?}"
-    );
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert!(
-        chunks
-            .iter()
-            .all(|c| c["object"] == "chat.completion.chunk")
-    );
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let finish: Vec<&Value> = chunks
         .iter()
@@ -102,9 +105,8 @@ async fn chat_and_completions_stream_and_not_with_usage_that_adds_up() {
     assert_eq!(first["object"], "text_completion");
 }
 
-#[tokio::test]
-async fn round_robin_uses_both_workers() {
-    let t = Topology::start(&[MODEL, MODEL], &["--router-mode", "round-robin"]).await;
+async fn round_robin_uses_both_workers(mode: Mode) {
+    let t = Topology::start_on(mode, &[MODEL, MODEL], &["--router-mode", "round-robin"]).await;
     for _ in 0..6 {
         let (status, body) = t.post("/v1/chat/completions", &chat_body("hi", 2)).await;
         assert_eq!(status, 200, "{body}");
@@ -120,13 +122,9 @@ async fn round_robin_uses_both_workers() {
     assert!(per_instance.iter().all(|&n| n == 3.0), "{per_instance:?}");
 }
 
-#[tokio::test]
-async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() {
-    let mut t = Topology::start(&[MODEL, MODEL, "switchyard-tiny-extra"], &[]).await;
-    assert_eq!(
-        t.models().await,
-        vec![MODEL.to_owned(), "switchyard-tiny-extra".to_owned()]
-    );
+async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding(mode: Mode) {
+    let t = Topology::start_on(mode, &[MODEL, MODEL, "switchyard-tiny-extra"], &[]).await;
+    assert_eq!(t.models().await, vec![MODEL.to_owned(), "switchyard-tiny-extra".to_owned()]);
 
     // SIGKILL: no deregistration; the lease (2 s) must expire.
     let killed_at = Instant::now();
@@ -135,26 +133,18 @@ async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() 
     // Requests right after the kill may be routed to the dead worker first; the frontend must
     // retry them on the live one.
     for _ in 0..6 {
-        let (status, body) = t
-            .post("/v1/chat/completions", &chat_body("still there?", 2))
-            .await;
+        let (status, body) = t.post("/v1/chat/completions", &chat_body("still there?", 2)).await;
         assert_eq!(status, 200, "{body}");
     }
     t.wait_instances(1).await;
     let gone_after = killed_at.elapsed();
-    assert!(
-        gone_after < Duration::from_secs(2) + Duration::from_secs(3),
-        "{gone_after:?}"
-    );
+    assert!(gone_after < Duration::from_secs(2) + Duration::from_secs(3), "{gone_after:?}");
     assert_eq!(t.models().await, vec![MODEL.to_owned()]);
     let health = support::health_instances(&t.health().await);
     assert_eq!(health.get(MODEL), Some(&1), "{health:?}");
     for _ in 0..4 {
         let (status, body) = t
-            .post(
-                "/v1/completions",
-                &json!({"model": MODEL, "prompt": "x", "max_tokens": 2}),
-            )
+            .post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
@@ -163,34 +153,38 @@ async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding() 
     assert!(status == 404 || status == 503, "{status} {body}");
 }
 
-#[tokio::test]
-async fn sigterm_deregisters_at_once_and_drains_in_flight_requests() {
-    let mut t = Topology::start(&[MODEL], &[]).await;
-    // A long request (speedup 50: ~200 tokens ≈ 0.1–0.3 s of simulated decode at least).
-    let http = t.http.clone();
-    let url = format!("{}/v1/completions", t.url);
-    let long = tokio::spawn(async move {
-        support::post_json(
-            &http,
-            &url,
-            &json!({"model": MODEL, "prompt": "go", "max_tokens": 400}),
-        )
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+async fn sigterm_deregisters_at_once_and_drains_in_flight_requests(mode: Mode) {
+    let mut t = Topology::start_on(mode, &[], &[]).await;
+    // A slow worker (simulated real time / 2: a few ms per token), so the request below is
+    // still running when the worker is told to stop.
+    t.add_worker(MODEL, &["--speedup-ratio", "2"]);
+    t.wait_instances(1).await;
+    let req = json!({"model": MODEL, "prompt": "go", "max_tokens": 150, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let send = t.http.post(format!("{}/v1/completions", t.url)).json(&req).send();
+    let mut resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = String::new();
+    let first = tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap().unwrap();
+    body.push_str(&String::from_utf8_lossy(&first));
+
+    // In flight now: SIGTERM must deregister at once and let the request finish.
     t.workers[0].signal(Signal::SIGTERM);
-    let (status, body) = tokio::time::timeout(WAIT, long).await.unwrap().unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 400);
+    let deregistered = Instant::now();
+    t.wait_instances(0).await;
+    // Deregistered, not expired: well within the 2 s lease.
+    assert!(deregistered.elapsed() < Duration::from_secs(2), "{:?}", deregistered.elapsed());
+    while let Some(chunk) = tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(body.contains("\"completion_tokens\":150"), "{body}");
     let exit = t.workers[0].wait_exit(WAIT);
     assert!(exit.success(), "{exit:?}");
-    // Deregistered, not expired: gone well before anything would time out.
-    t.wait_instances(0).await;
 }
 
-#[tokio::test]
-async fn bad_requests_get_openai_errors_with_the_right_status() {
-    let mut t = Topology::start(&[MODEL], &["--max-body-bytes", "4096"]).await;
+async fn bad_requests_get_openai_errors_with_the_right_status(mode: Mode) {
+    let mut t = Topology::start_on(mode, &[MODEL], &["--max-body-bytes", "4096"]).await;
     let chat = format!("{}/v1/chat/completions", t.url);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("malformed JSON", b"{\"model\": ".to_vec(), 400),
@@ -206,31 +200,19 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
         let (status, err) = post_raw(&t.http, &chat, body).await;
         assert_eq!(status, want, "{what}: {err}");
         let e = &err["error"];
-        assert!(
-            e["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}: {err}"
-        );
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {err}");
         assert!(e["type"].is_string(), "{what}: {err}");
-        assert!(
-            e.get("param").is_some() && e.get("code").is_some(),
-            "{what}: {err}"
-        );
+        assert!(e.get("param").is_some() && e.get("code").is_some(), "{what}: {err}");
     }
     let completions = format!("{}/v1/completions", t.url);
-    let (status, err) = post_raw(
-        &t.http,
-        &completions,
-        br#"{"model": "switchyard-tiny"}"#.to_vec(),
-    )
-    .await;
+    let (status, err) =
+        post_raw(&t.http, &completions, br#"{"model": "switchyard-tiny"}"#.to_vec()).await;
     assert_eq!(status, 400, "missing prompt: {err}");
 
     // No live instance of a model the frontend knows: 503.
     t.workers[0].signal(Signal::SIGKILL);
     t.wait_instances(0).await;
-    let (status, err) = t
-        .post("/v1/chat/completions", &chat_body("anyone?", 2))
-        .await;
+    let (status, err) = t.post("/v1/chat/completions", &chat_body("anyone?", 2)).await;
     assert_eq!(status, 503, "{err}");
     assert!(err["error"]["message"].is_string());
 }

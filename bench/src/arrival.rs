@@ -70,12 +70,7 @@ mod tests {
 
     #[test]
     fn infinite_rate_sends_all_at_once_and_schedule_is_seeded() {
-        assert!(
-            schedule(5, RequestRate::INFINITE, 1.0, 0)
-                .unwrap()
-                .iter()
-                .all(|d| d.is_zero())
-        );
+        assert!(schedule(5, RequestRate::INFINITE, 1.0, 0).unwrap().iter().all(|d| d.is_zero()));
         let a = schedule(10, RequestRate(5.0), 1.0, 9).unwrap();
         assert_eq!(a, schedule(10, RequestRate(5.0), 1.0, 9).unwrap());
         assert_eq!(a[0], Duration::ZERO);

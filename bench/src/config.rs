@@ -51,10 +51,7 @@ impl FromStr for Backend {
 
     fn from_str(name: &str) -> Result<Backend, Error> {
         if let Some((_, endpoint)) = BACKEND_NAMES.iter().find(|(n, _)| *n == name) {
-            return Ok(Backend {
-                name: name.to_owned(),
-                endpoint: *endpoint,
-            });
+            return Ok(Backend { name: name.to_owned(), endpoint: *endpoint });
         }
         let known: Vec<&str> = BACKEND_NAMES.iter().map(|(n, _)| *n).collect();
         let hint = if name == "sglang" || name == "sglang-native" {
@@ -62,10 +59,7 @@ impl FromStr for Backend {
         } else {
             ""
         };
-        Err(Error::Config(format!(
-            "unknown backend {name:?}{hint}; known: {}",
-            known.join(", ")
-        )))
+        Err(Error::Config(format!("unknown backend {name:?}{hint}; known: {}", known.join(", "))))
     }
 }
 
@@ -100,11 +94,7 @@ impl FromStr for RequestRate {
 
 impl fmt::Display for RequestRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_infinite() {
-            f.write_str("inf")
-        } else {
-            write!(f, "{}", self.0)
-        }
+        if self.is_infinite() { f.write_str("inf") } else { write!(f, "{}", self.0) }
     }
 }
 
@@ -129,16 +119,10 @@ impl Goodput {
                 .collect::<Vec<_>>()
         }) {
             let bad = || {
-                Error::Config(format!(
-                    "--goodput {item:?}: expected ttft:MS, tpot:MS or e2el:MS"
-                ))
+                Error::Config(format!("--goodput {item:?}: expected ttft:MS, tpot:MS or e2el:MS"))
             };
             let (key, value) = item.split_once(':').ok_or_else(bad)?;
-            let ms: f64 = value
-                .parse()
-                .ok()
-                .filter(|v: &f64| *v >= 0.0)
-                .ok_or_else(bad)?;
+            let ms: f64 = value.parse().ok().filter(|v: &f64| *v >= 0.0).ok_or_else(bad)?;
             match key {
                 "ttft" => goodput.ttft_ms = Some(ms),
                 "tpot" => goodput.tpot_ms = Some(ms),
@@ -209,10 +193,7 @@ impl RunConfig {
             )));
         }
         if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
-            return Err(Error::Config(format!(
-                "--burstiness {} must be > 0",
-                self.burstiness
-            )));
+            return Err(Error::Config(format!("--burstiness {} must be > 0", self.burstiness)));
         }
         if self.max_concurrency == Some(0) {
             return Err(Error::Config("--max-concurrency must be at least 1".into()));
@@ -227,14 +208,8 @@ mod tests {
 
     #[test]
     fn backends_map_to_endpoints_and_unknown_ones_are_named() {
-        assert_eq!(
-            "vllm".parse::<Backend>().unwrap().endpoint,
-            Endpoint::Completions
-        );
-        assert_eq!(
-            "sglang-oai-chat".parse::<Backend>().unwrap().endpoint,
-            Endpoint::Chat
-        );
+        assert_eq!("vllm".parse::<Backend>().unwrap().endpoint, Endpoint::Completions);
+        assert_eq!("sglang-oai-chat".parse::<Backend>().unwrap().endpoint, Endpoint::Chat);
         let err = "sglang".parse::<Backend>().unwrap_err().to_string();
         assert!(err.contains("sglang-oai"), "{err}");
     }
@@ -244,13 +219,8 @@ mod tests {
         assert!("inf".parse::<RequestRate>().unwrap().is_infinite());
         assert_eq!("2.5".parse::<RequestRate>().unwrap(), RequestRate(2.5));
         assert!("0".parse::<RequestRate>().is_err());
-        let g = Goodput::parse(&["ttft:100", "tpot:20,e2el:3000"])
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (g.ttft_ms, g.tpot_ms, g.e2el_ms),
-            (Some(100.0), Some(20.0), Some(3000.0))
-        );
+        let g = Goodput::parse(&["ttft:100", "tpot:20,e2el:3000"]).unwrap().unwrap();
+        assert_eq!((g.ttft_ms, g.tpot_ms, g.e2el_ms), (Some(100.0), Some(20.0), Some(3000.0)));
         assert_eq!(Goodput::parse::<&str>(&[]).unwrap(), None);
         assert!(Goodput::parse(&["ttft=1"]).is_err());
     }

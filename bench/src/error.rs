@@ -28,11 +28,7 @@ pub enum Error {
 
     /// A result file (JSONL) line could not be read.
     #[error("{path}:{line}: {message}")]
-    ResultLine {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    ResultLine { path: PathBuf, line: usize, message: String },
 
     /// The server could not be asked something the benchmark needs before it starts (e.g. the
     /// model name from `/v1/models`).
@@ -58,16 +54,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn dataset(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
-        Error::Dataset {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Dataset { path: path.into(), message: message.into() }
     }
 }

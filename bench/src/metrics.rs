@@ -91,13 +91,7 @@ impl RunMetrics {
         let mut next_count = counts.iter().copied();
         let retokenized = records
             .iter()
-            .map(|r| {
-                if r.succeeded() {
-                    next_count.next().unwrap_or(0)
-                } else {
-                    0
-                }
-            })
+            .map(|r| if r.succeeded() { next_count.next().unwrap_or(0) } else { 0 })
             .collect();
         let dur = output.duration.as_secs_f64().max(f64::MIN_POSITIVE);
         let mut m = RunMetrics {
@@ -117,10 +111,8 @@ impl RunMetrics {
             }
         }
         m.total_input = ok.iter().map(|r| r.prompt_len as u64).sum();
-        m.total_input_server = ok
-            .iter()
-            .map(|r| r.usage_prompt_tokens.map(u64::from))
-            .sum::<Option<u64>>();
+        m.total_input_server =
+            ok.iter().map(|r| r.usage_prompt_tokens.map(u64::from)).sum::<Option<u64>>();
         m.total_output = ok.iter().map(|r| r.output_tokens() as u64).sum();
         m.request_throughput = m.completed as f64 / dur;
         m.input_throughput = m.total_input as f64 / dur;
@@ -130,20 +122,10 @@ impl RunMetrics {
         let mut e2e: Vec<f64> = ok.iter().map(|r| ms(r.e2e())).collect();
         m.concurrency = e2e.iter().sum::<f64>() / 1000.0 / dur;
         m.e2e = Distribution::of(&mut e2e);
-        m.ttft = Distribution::of(
-            &mut ok
-                .iter()
-                .filter_map(|r| r.ttft())
-                .map(ms)
-                .collect::<Vec<_>>(),
-        );
-        m.tpot = Distribution::of(
-            &mut ok
-                .iter()
-                .filter_map(|r| r.tpot())
-                .map(ms)
-                .collect::<Vec<_>>(),
-        );
+        m.ttft =
+            Distribution::of(&mut ok.iter().filter_map(|r| r.ttft()).map(ms).collect::<Vec<_>>());
+        m.tpot =
+            Distribution::of(&mut ok.iter().filter_map(|r| r.tpot()).map(ms).collect::<Vec<_>>());
         m.itl = Distribution::of(&mut ok.iter().flat_map(|r| r.itls()).map(ms).collect::<Vec<_>>());
         let from_sched = |r: &&RequestRecord, t: Duration| ms(t.saturating_sub(r.scheduled));
         m.ttft_from_scheduled = Distribution::of(
@@ -155,10 +137,7 @@ impl RunMetrics {
         m.e2e_from_scheduled =
             Distribution::of(&mut ok.iter().map(|r| from_sched(r, r.end)).collect::<Vec<_>>());
         m.send_lag = Distribution::of(
-            &mut records
-                .iter()
-                .map(|r| ms(r.sent.saturating_sub(r.scheduled)))
-                .collect::<Vec<_>>(),
+            &mut records.iter().map(|r| ms(r.sent.saturating_sub(r.scheduled))).collect::<Vec<_>>(),
         );
         m.max_output_tokens_per_s = peak_tokens_per_second(&ok);
         m.max_concurrent_requests = peak_in_flight(records);
@@ -250,10 +229,7 @@ mod tests {
     #[test]
     fn figures_of_a_small_run() {
         let mut failed = record(2, 0, &[], 1);
-        failed.failure = Some(Failure {
-            kind: FailureKind::Status(503),
-            message: "busy".into(),
-        });
+        failed.failure = Some(Failure { kind: FailureKind::Status(503), message: "busy".into() });
         let output = RunOutput {
             records: vec![
                 record(0, 0, &[100, 110, 120], 130),
@@ -264,19 +240,10 @@ mod tests {
             client_cpu: Some(Duration::from_millis(3)),
         };
         let tok = TokenCounter::load("builtin:tiny").unwrap();
-        let goodput = Goodput {
-            ttft_ms: Some(150.0),
-            ..Goodput::default()
-        };
-        let cost = GpuCost {
-            per_hour: 3.6,
-            gpus: 2.0,
-        };
+        let goodput = Goodput { ttft_ms: Some(150.0), ..Goodput::default() };
+        let cost = GpuCost { per_hour: 3.6, gpus: 2.0 };
         let m = RunMetrics::compute(&output, &tok, Some(goodput), Some(cost)).unwrap();
-        assert_eq!(
-            (m.completed, m.failed, m.total_input, m.total_output),
-            (2, 1, 20, 5)
-        );
+        assert_eq!((m.completed, m.failed, m.total_input, m.total_output), (2, 1, 20, 5));
         assert_eq!(m.error_counts.get("http_503"), Some(&1));
         assert_eq!((m.ttft.mean, m.ttft.median), (150.0, 150.0));
         assert_eq!(m.itl.median, 10.0);

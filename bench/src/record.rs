@@ -79,9 +79,7 @@ impl RequestRecord {
 
     /// Time to first token from the actual send.
     pub fn ttft(&self) -> Option<Duration> {
-        self.chunk_times
-            .first()
-            .map(|t| t.saturating_sub(self.sent))
+        self.chunk_times.first().map(|t| t.saturating_sub(self.sent))
     }
 
     /// End-to-end latency from the actual send.
@@ -99,9 +97,7 @@ impl RequestRecord {
 
     /// Gaps between consecutive text chunks (bench_serving's ITL).
     pub fn itls(&self) -> impl Iterator<Item = Duration> + '_ {
-        self.chunk_times
-            .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]))
+        self.chunk_times.windows(2).map(|w| w[1].saturating_sub(w[0]))
     }
 
     /// (E2E − TTFT) / (output tokens − 1), bench_serving's TPOT; none for one-token outputs.

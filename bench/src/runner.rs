@@ -55,19 +55,14 @@ pub async fn run_point(
     let thread = std::thread::Builder::new()
         .name("bench-client".into())
         .spawn(move || {
-            let result = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime.block_on(drive(config, dataset, point, shutdown)),
                 Err(e) => Err(Error::Client(format!("starting its runtime: {e}"))),
             };
             let _ = tx.send(result);
         })
         .map_err(|e| Error::Client(format!("starting its thread: {e}")))?;
-    let result = rx
-        .await
-        .map_err(|_| Error::Client("the client thread died".into()));
+    let result = rx.await.map_err(|_| Error::Client("the client thread died".into()));
     // It has sent its result; joining only waits for its runtime to wind down.
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result?
@@ -99,16 +94,8 @@ async fn drive(
         .iter()
         .map(|s| body::build(&config, &s.turns[0].prompt, s.turns[0].output_len))
         .collect::<Result<Vec<Bytes>, Error>>()?;
-    let progress = config
-        .progress
-        .then(|| progress_bar(dataset.num_requests()));
-    let ctx = Arc::new(Ctx {
-        config,
-        dataset,
-        client,
-        uri,
-        progress,
-    });
+    let progress = config.progress.then(|| progress_bar(dataset.num_requests()));
+    let ctx = Arc::new(Ctx { config, dataset, client, uri, progress });
     let result = match warmup(&ctx).await {
         Ok(()) => measure(&ctx, point, bodies, &shutdown).await,
         Err(e) => Err(e),
@@ -231,11 +218,7 @@ async fn measure(
         _ => None,
     };
     records.sort_by_key(|r| r.index);
-    Ok(RunOutput {
-        records,
-        duration,
-        client_cpu,
-    })
+    Ok(RunOutput { records, duration, client_cpu })
 }
 
 /// The turns of one session, one after another; a later turn is due when the one before ends.
@@ -254,12 +237,8 @@ async fn run_session(
     let mut next_body = Some(first_body);
     for (k, turn) in turns.iter().enumerate() {
         let prompt_len = history_tokens + turn.prompt_len;
-        let request = Request {
-            index: first_index + k,
-            prompt_len,
-            output_len: turn.output_len,
-            scheduled,
-        };
+        let request =
+            Request { index: first_index + k, prompt_len, output_len: turn.output_len, scheduled };
         let body = match next_body.take() {
             Some(body) => Ok(body),
             None => match &turn.prompt {
@@ -313,10 +292,7 @@ fn unsent(request: Request, t0: Instant, error: &Error) -> RequestRecord {
     let mut record = new_record(&request);
     record.sent = t0.elapsed();
     record.end = record.sent;
-    record.failure = Some(Failure {
-        kind: FailureKind::Protocol,
-        message: error.to_string(),
-    });
+    record.failure = Some(Failure { kind: FailureKind::Protocol, message: error.to_string() });
     record
 }
 

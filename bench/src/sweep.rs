@@ -111,11 +111,7 @@ impl Bench {
         }
         let tokenizer = TokenCounter::load(&plan.tokenizer)?;
         let dataset = Arc::new(Dataset::build(&plan.dataset, &tokenizer)?);
-        Ok(Bench {
-            plan,
-            tokenizer,
-            dataset,
-        })
+        Ok(Bench { plan, tokenizer, dataset })
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -126,10 +122,7 @@ impl Bench {
         let mut points = Vec::new();
         for &request_rate in &self.plan.request_rates {
             for &max_concurrency in &self.plan.max_concurrencies {
-                points.push(Point {
-                    request_rate,
-                    max_concurrency,
-                });
+                points.push(Point { request_rate, max_concurrency });
             }
         }
         points
@@ -143,9 +136,7 @@ impl Bench {
             parts.push(format!("rate={}", point.request_rate));
         }
         if self.plan.max_concurrencies.len() > 1 {
-            let c = point
-                .max_concurrency
-                .map_or("none".to_owned(), |c| c.to_string());
+            let c = point.max_concurrency.map_or("none".to_owned(), |c| c.to_string());
             parts.push(format!("conc={c}"));
         }
         (!parts.is_empty()).then(|| parts.join(" "))
@@ -158,15 +149,9 @@ impl Bench {
         let client = crate::client::HttpClient::new(&run.base_url, run.api_key.as_deref()).await?;
         let models = client.get_json("/v1/models", MODELS_TIMEOUT).await;
         client.close().await;
-        models?["data"][0]["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                Error::Server(format!(
-                    "{}/v1/models lists no model; give --model",
-                    run.base_url
-                ))
-            })
+        models?["data"][0]["id"].as_str().map(str::to_owned).ok_or_else(|| {
+            Error::Server(format!("{}/v1/models lists no model; give --model", run.base_url))
+        })
     }
 
     /// Runs every sweep point against `target`; `on_point` sees each result as it comes.
@@ -182,10 +167,7 @@ impl Bench {
         run.model = self.model(&run).await?;
         let run = Arc::new(run);
         let gpus = self.plan.gpus.or(target.default_gpus).unwrap_or(1.0);
-        let cost = self
-            .plan
-            .gpu_cost_per_hour
-            .map(|per_hour| GpuCost { per_hour, gpus });
+        let cost = self.plan.gpu_cost_per_hour.map(|per_hour| GpuCost { per_hour, gpus });
         let mut results = Vec::new();
         for point in self.points() {
             let output =
@@ -209,11 +191,8 @@ impl Bench {
                 burstiness: run.burstiness,
                 seed: run.seed,
             };
-            let (tokenizer, details, goodput) = (
-                self.tokenizer.clone(),
-                self.plan.output_details,
-                run.goodput,
-            );
+            let (tokenizer, details, goodput) =
+                (self.tokenizer.clone(), self.plan.output_details, run.goodput);
             let (metrics, line, output) = tokio::task::spawn_blocking({
                 let info = info.clone();
                 move || -> Result<_, Error> {
@@ -241,12 +220,7 @@ impl Bench {
                 &output.records,
                 &metrics,
             );
-            let result = PointResult {
-                info,
-                metrics,
-                line,
-                report,
-            };
+            let result = PointResult { info, metrics, line, report };
             on_point(&result);
             results.push(result);
         }
@@ -268,10 +242,6 @@ impl Bench {
             let page = report::html(&runs, &labeled)?;
             std::fs::write(path, page).map_err(|e| Error::io(path, e))?;
         }
-        Ok(if results.len() > 1 {
-            compare::table(&labeled)
-        } else {
-            String::new()
-        })
+        Ok(if results.len() > 1 { compare::table(&labeled) } else { String::new() })
     }
 }

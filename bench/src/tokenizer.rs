@@ -34,9 +34,7 @@ impl TokenCounter {
         };
         let tokenizer = Tokenizer::from_bytes(&*bytes)
             .map_err(|e| Error::Tokenizer(format!("{source}: {e}")))?;
-        Ok(TokenCounter {
-            inner: Arc::new(tokenizer),
-        })
+        Ok(TokenCounter { inner: Arc::new(tokenizer) })
     }
 
     /// Number of tokens of `text`, special tokens parsed but none added (as the servers count
@@ -46,26 +44,20 @@ impl TokenCounter {
     }
 
     pub fn ids(&self, text: &str) -> Result<Vec<u32>, Error> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding =
+            self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Counts of many texts at once (the tokenizer parallelises batches where it may).
     pub fn count_batch(&self, texts: Vec<&str>) -> Result<Vec<usize>, Error> {
-        let encodings = self
-            .inner
-            .encode_batch(texts, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encodings =
+            self.inner.encode_batch(texts, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Words (a space, then 2–12 ASCII letters) that are one token each, alone and after

@@ -33,20 +33,10 @@ pub fn parse_list(list: &str) -> Result<Vec<TopologySpec>, Error> {
                 )));
             }
         };
-        let workers = count
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "--topology {item:?}: the worker count must be a number >= 1"
-                ))
-            })?;
-        out.push(TopologySpec {
-            kind,
-            workers,
-            name: format!("agg:{workers}"),
-        });
+        let workers = count.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::Config(format!("--topology {item:?}: the worker count must be a number >= 1"))
+        })?;
+        out.push(TopologySpec { kind, workers, name: format!("agg:{workers}") });
     }
     if out.is_empty() {
         return Err(Error::Config("--topology is empty".into()));
@@ -63,12 +53,7 @@ mod tests {
         let t = parse_list("agg:1, agg:4,agg").unwrap();
         assert_eq!(t.iter().map(|t| t.workers).collect::<Vec<_>>(), [1, 4, 1]);
         assert_eq!(t[1].name, "agg:4");
-        assert!(
-            parse_list("disagg:1p1d")
-                .unwrap_err()
-                .to_string()
-                .contains("disagg")
-        );
+        assert!(parse_list("disagg:1p1d").unwrap_err().to_string().contains("disagg"));
         assert!(parse_list("agg:0").is_err());
         assert!(parse_list("").is_err());
     }

@@ -22,10 +22,7 @@ const BENCH_SERVING_LINE: &str = r#"{"tag": null, "backend": "sglang-oai", "data
 
 fn plan(url: &str, dir: &std::path::Path) -> BenchPlan {
     let mut run = RunConfig::new(url, "vllm".parse().unwrap());
-    run.goodput = Some(Goodput {
-        ttft_ms: Some(1000.0),
-        ..Goodput::default()
-    });
+    run.goodput = Some(Goodput { ttft_ms: Some(1000.0), ..Goodput::default() });
     let dataset = DatasetConfig {
         num_prompts: 6,
         random_input_len: 16,
@@ -93,27 +90,12 @@ fn compare_reads_bench_servings_line_beside_ours() {
     std::fs::write(&theirs, format!("{BENCH_SERVING_LINE}\n\n")).unwrap();
     let runs = compare::read_files(&[&theirs]).unwrap();
     assert_eq!(runs.len(), 1);
-    assert!(
-        runs[0].label.ends_with("sglang.jsonl:1"),
-        "{}",
-        runs[0].label
-    );
+    assert!(runs[0].label.ends_with("sglang.jsonl:1"), "{}", runs[0].label);
     let keys: Vec<&str> = runs[0].line.keys().collect();
     assert_eq!(keys, BENCH_SERVING_KEYS);
-    assert!(
-        runs[0]
-            .line
-            .get("request_rate")
-            .unwrap()
-            .as_f64()
-            .unwrap()
-            .is_infinite()
-    );
+    assert!(runs[0].line.get("request_rate").unwrap().as_f64().unwrap().is_infinite());
     let table = compare::table(&runs);
-    let rate = table
-        .lines()
-        .find(|l| l.starts_with("request rate"))
-        .unwrap();
+    let rate = table.lines().find(|l| l.starts_with("request rate")).unwrap();
     assert!(rate.trim_end().ends_with("inf"), "{table}");
     assert!(table.contains("1400.50"), "{table}");
     let csv = compare::csv(&runs);
@@ -141,14 +123,7 @@ async fn a_sweep_writes_one_line_per_point_and_a_report_with_its_charts() {
     let results = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     assert_eq!(results.len(), 4);
     let table = bench.finish(&results).unwrap();
-    assert!(
-        table
-            .lines()
-            .next()
-            .unwrap()
-            .contains("sweep rate=inf conc=4"),
-        "{table}"
-    );
+    assert!(table.lines().next().unwrap().contains("sweep rate=inf conc=4"), "{table}");
 
     let runs = compare::read_files(&[dir.path().join("out.jsonl")]).unwrap();
     let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
@@ -162,10 +137,6 @@ async fn a_sweep_writes_one_line_per_point_and_a_report_with_its_charts() {
         ]
     );
     let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
-    assert_eq!(
-        page.matches("<svg").count(),
-        5,
-        "3 CDFs and 2 throughput charts"
-    );
+    assert_eq!(page.matches("<svg").count(), 5, "3 CDFs and 2 throughput charts");
     assert!(page.contains("sweep rate=inf conc=4"));
 }

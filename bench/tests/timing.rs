@@ -36,12 +36,7 @@ async fn run(
     tweak(&mut config);
     let tokenizer = TokenCounter::load("builtin:tiny").unwrap();
     let dataset = Arc::new(Dataset::build(&dataset, &tokenizer).unwrap());
-    let run = run_point(
-        Arc::new(config),
-        dataset.clone(),
-        point,
-        CancellationToken::new(),
-    );
+    let run = run_point(Arc::new(config), dataset.clone(), point, CancellationToken::new());
     let output = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     (output, tokenizer, dataset)
 }
@@ -71,32 +66,18 @@ async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
         fail_every: None,
     };
     let server = ScriptedServer::start(script).await;
-    let point = Point {
-        request_rate: RequestRate::INFINITE,
-        max_concurrency: Some(4),
-    };
+    let point = Point { request_rate: RequestRate::INFINITE, max_concurrency: Some(4) };
     // Chat: the server's first chunk (role, empty content) must not count as the first token.
     let (output, tokenizer, dataset) =
         run(&server, "vllm-chat", small_random(40, 40), |_| {}, point).await;
 
     let records = &output.records;
     assert_eq!(records.len(), 40);
-    assert!(
-        records.iter().all(|r| r.succeeded()),
-        "{:?}",
-        records.iter().find(|r| !r.succeeded())
-    );
+    assert!(records.iter().all(|r| r.succeeded()), "{:?}", records.iter().find(|r| !r.succeeded()));
     // The warmup request is logged too; it asks for 32 tokens at most.
-    let logs: Vec<_> = server
-        .logs()
-        .into_iter()
-        .filter(|l| l.body["max_tokens"] == 40)
-        .collect();
+    let logs: Vec<_> = server.logs().into_iter().filter(|l| l.body["max_tokens"] == 40).collect();
     assert_eq!(logs.len(), 40);
-    assert!(
-        logs.iter()
-            .all(|l| l.body["stream_options"]["include_usage"] == true)
-    );
+    assert!(logs.iter().all(|l| l.body["stream_options"]["include_usage"] == true));
     assert!(logs.iter().all(|l| l.body["ignore_eos"] == true));
 
     // Each request's figures against the server's for the same request (found by its prompt):
@@ -104,10 +85,7 @@ async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
     let mut diffs: [Vec<f64>; 3] = Default::default();
     for log in &logs {
         let content = log.body["messages"][0]["content"].as_str().unwrap();
-        let r = records
-            .iter()
-            .find(|r| prompt_of(&dataset, r.index) == content)
-            .unwrap();
+        let r = records.iter().find(|r| prompt_of(&dataset, r.index) == content).unwrap();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         diffs[0].push(ms(r.ttft().unwrap()) - ms(log.ttft()));
         let itls: Vec<Duration> = r.itls().collect();
@@ -121,26 +99,16 @@ async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
     });
     eprintln!("bias at p50 (ms): TTFT {ttft:.3}, ITL {itl:.3}, E2E {e2e:.3}");
     for (what, bias) in [("TTFT", ttft), ("ITL", itl), ("E2E", e2e)] {
-        assert!(
-            bias.abs() < 1.0,
-            "{what}: the bench reads {bias:.3} ms off the server at p50"
-        );
+        assert!(bias.abs() < 1.0, "{what}: the bench reads {bias:.3} ms off the server at p50");
     }
     let server_ttft = median_ms(logs.iter().map(|l| l.ttft()).collect());
     let bench_ttft = median_ms(records.iter().map(|r| r.ttft().unwrap()).collect());
-    assert!(
-        (bench_ttft - server_ttft).abs() < 1.0,
-        "{bench_ttft} vs {server_ttft}"
-    );
+    assert!((bench_ttft - server_ttft).abs() < 1.0, "{bench_ttft} vs {server_ttft}");
 
     let m = RunMetrics::compute(&output, &tokenizer, None, None).unwrap();
     assert_eq!((m.completed, m.total_output), (40, 40 * 40));
     assert!((m.ttft.median - bench_ttft).abs() < 1e-9);
-    assert!(
-        m.max_concurrent_requests <= 4,
-        "{}",
-        m.max_concurrent_requests
-    );
+    assert!(m.max_concurrent_requests <= 4, "{}", m.max_concurrent_requests);
     // The scripted text is " t0 t1 …": the re-tokenized count is the tokenizer's, not 40.
     assert!(m.total_output_retokenized > 0);
     assert!(m.client_cpu.is_some());
@@ -154,18 +122,9 @@ async fn non_streamed_completions_take_tokens_from_usage() {
         fail_every: None,
     };
     let server = ScriptedServer::start(script).await;
-    let point = Point {
-        request_rate: RequestRate(200.0),
-        max_concurrency: None,
-    };
-    let (output, _, _) = run(
-        &server,
-        "sglang-oai",
-        small_random(10, 7),
-        |c| c.stream = false,
-        point,
-    )
-    .await;
+    let point = Point { request_rate: RequestRate(200.0), max_concurrency: None };
+    let (output, _, _) =
+        run(&server, "sglang-oai", small_random(10, 7), |c| c.stream = false, point).await;
     for r in &output.records {
         assert!(r.succeeded(), "{:?}", r.failure);
         assert_eq!(r.usage_completion_tokens, Some(7));
@@ -180,33 +139,16 @@ async fn non_streamed_completions_take_tokens_from_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_counted_by_kind() {
-    let script = Script {
-        ttft: Duration::from_millis(1),
-        per_token: Duration::ZERO,
-        fail_every: Some(3),
-    };
+    let script =
+        Script { ttft: Duration::from_millis(1), per_token: Duration::ZERO, fail_every: Some(3) };
     let server = ScriptedServer::start(script).await;
-    let point = Point {
-        request_rate: RequestRate::INFINITE,
-        max_concurrency: Some(1),
-    };
+    let point = Point { request_rate: RequestRate::INFINITE, max_concurrency: Some(1) };
     // No warmup: the request count of the server is then the workload's.
-    let (output, tokenizer, _) = run(
-        &server,
-        "vllm",
-        small_random(9, 4),
-        |c| c.warmup_requests = 0,
-        point,
-    )
-    .await;
+    let (output, tokenizer, _) =
+        run(&server, "vllm", small_random(9, 4), |c| c.warmup_requests = 0, point).await;
     let m = RunMetrics::compute(&output, &tokenizer, None, None).unwrap();
     assert_eq!((m.completed, m.failed), (6, 3));
-    assert_eq!(
-        m.error_counts.get("http_503"),
-        Some(&3),
-        "{:?}",
-        m.error_counts
-    );
+    assert_eq!(m.error_counts.get("http_503"), Some(&3), "{:?}", m.error_counts);
     assert!(m.first_error.unwrap().contains("scripted failure"));
 
     // Nothing listens here: every request fails to connect, and the warmup says so.

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 use tokenizers::decoders::DecoderWrapper;
 
+use crate::bpe::reverse_alphabet;
+
 /// Tokens a window decoder holds text back for while it ends in U+FFFD; a model emitting
 /// invalid UTF-8 must not stall its output.
 const MAX_HELD_TOKENS: usize = 6;
@@ -31,7 +33,7 @@ impl TokenBytes {
         if !matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
             return None;
         }
-        let char_bytes = byte_level_alphabet();
+        let char_bytes = reverse_alphabet();
         let mut tokens: Vec<Option<Vec<u8>>> = Vec::new();
         let mut set = |id: u32, bytes: Vec<u8>| {
             let id = id as usize;
@@ -66,31 +68,12 @@ impl TokenBytes {
     pub fn get(&self, id: u32) -> &[u8] {
         let id = id as usize;
         match (self.offsets.get(id), self.offsets.get(id + 1)) {
-            (Some(&start), Some(&end)) => self
-                .bytes
-                .get(start as usize..end as usize)
-                .unwrap_or_default(),
+            (Some(&start), Some(&end)) => {
+                self.bytes.get(start as usize..end as usize).unwrap_or_default()
+            }
             _ => &[],
         }
     }
-}
-
-/// GPT-2's byte-to-character map, reversed: `alphabet[char as usize]` is the byte the
-/// character stands for (the characters all lie below U+0144).
-fn byte_level_alphabet() -> Vec<Option<u8>> {
-    let mut alphabet = vec![None; 0x200];
-    let mut shifted = 0u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let c = if printable {
-            u32::from(b)
-        } else {
-            shifted += 1;
-            255 + shifted
-        };
-        alphabet[c as usize] = Some(b);
-    }
-    alphabet
 }
 
 /// A token's bytes under the byte-level decoder: each character mapped back to its byte, or,
@@ -112,19 +95,11 @@ pub(crate) enum Detokenizer {
 
 impl Detokenizer {
     pub fn by_bytes(table: Arc<TokenBytes>) -> Detokenizer {
-        Detokenizer::Bytes(ByteDecoder {
-            table,
-            pending: Vec::new(),
-        })
+        Detokenizer::Bytes(ByteDecoder { table, pending: Vec::new() })
     }
 
     pub fn by_window(tokenizer: Arc<Tokenizer>) -> Detokenizer {
-        Detokenizer::Window(WindowDecoder {
-            tokenizer,
-            ids: Vec::new(),
-            prefix: 0,
-            read: 0,
-        })
+        Detokenizer::Window(WindowDecoder { tokenizer, ids: Vec::new(), prefix: 0, read: 0 })
     }
 
     /// Adds token `id`; appends to `out` the text that is now complete.
@@ -279,19 +254,12 @@ mod tests {
     fn round_trips_text_token_by_token() {
         let tokenizer = tiny();
         let text = "héllo wörld, 日本語 and 😀!";
-        let ids = tokenizer
-            .encode(text, false)
-            .expect("encodes")
-            .get_ids()
-            .to_vec();
+        let ids = tokenizer.encode(text, false).expect("encodes").get_ids().to_vec();
         for (name, mut d) in decoders(&tokenizer) {
             let mut out = String::new();
             for &id in &ids {
                 d.push(id, &mut out);
-                assert!(
-                    !out.contains(char::REPLACEMENT_CHARACTER),
-                    "{name}: {out:?}"
-                );
+                assert!(!out.contains(char::REPLACEMENT_CHARACTER), "{name}: {out:?}");
             }
             d.flush(&mut out);
             assert_eq!(out, text, "{name}");
@@ -329,18 +297,11 @@ mod tests {
             for _ in 0..MAX_HELD_TOKENS {
                 d.push(a, &mut out);
             }
-            assert!(
-                out.starts_with('\u{FFFD}') && out.ends_with('a'),
-                "{name}: {out:?}"
-            );
+            assert!(out.starts_with('\u{FFFD}') && out.ends_with('a'), "{name}: {out:?}");
             d.push(e1, &mut out);
             let before = out.clone();
             d.flush(&mut out);
-            assert_eq!(
-                &out[before.len()..],
-                "\u{FFFD}",
-                "{name}: an incomplete tail flushes"
-            );
+            assert_eq!(&out[before.len()..], "\u{FFFD}", "{name}: an incomplete tail flushes");
         }
     }
 
@@ -358,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_alphabet_covers_every_byte_once() {
-        let alphabet = byte_level_alphabet();
+        let alphabet = reverse_alphabet();
         let mut seen: Vec<u8> = alphabet.iter().flatten().copied().collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..=255).collect::<Vec<u8>>());

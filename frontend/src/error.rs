@@ -14,10 +14,7 @@ use serde::Serialize;
 pub enum Error {
     /// The request is malformed or asks for something out of range.
     #[error("{message}")]
-    InvalidRequest {
-        message: String,
-        param: Option<String>,
-    },
+    InvalidRequest { message: String, param: Option<String> },
     /// The body is over [`crate::FrontendConfig::max_body_bytes`].
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
@@ -64,10 +61,7 @@ pub enum Error {
 impl Error {
     /// A 400 naming the offending field.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Error {
-        Error::InvalidRequest {
-            message: message.into(),
-            param: Some(param.into()),
-        }
+        Error::InvalidRequest { message: message.into(), param: Some(param.into()) }
     }
 
     /// The HTTP status this error is answered with.
@@ -137,14 +131,7 @@ impl Error {
             _ => None,
         };
         let message = self.public_message();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                message: &message,
-                kind,
-                param,
-                code,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { message: &message, kind, param, code } };
         if serde_json::to_writer(&mut *out, &body).is_err() {
             // Unreachable: the body holds only strings; keep the output valid JSON anyway.
             out.extend_from_slice(br#"{"error":{"message":"internal server error","type":"server_error","param":null,"code":null}}"#);
@@ -171,10 +158,9 @@ impl IntoResponse for Error {
         let mut body = Vec::with_capacity(160);
         self.write_json(&mut body);
         let mut response = (self.status(), body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }
@@ -208,25 +194,13 @@ mod tests {
         assert_eq!(body["error"]["message"], "internal server error");
         assert_eq!(body["error"]["type"], "server_error");
         let worker = json(&Error::Worker("10.0.0.7:9000 reset".into()));
-        assert!(
-            !worker["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("10.0.0.7")
-        );
+        assert!(!worker["error"]["message"].as_str().unwrap_or("").contains("10.0.0.7"));
     }
 
     #[test]
     fn unknown_model_is_404_with_code() {
-        let body = json(&Error::ModelNotFound {
-            model: "gpt-9".into(),
-        });
+        let body = json(&Error::ModelNotFound { model: "gpt-9".into() });
         assert_eq!(body["error"]["code"], "model_not_found");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("gpt-9")
-        );
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("gpt-9"));
     }
 }

@@ -103,30 +103,29 @@ impl Generation {
                 self.tracker.finish(200);
                 return Some(Step::Finished(finish));
             }
-            let chunk = match self.first.take() {
-                Some(chunk) => chunk,
-                None => match timeout_at(self.deadline, self.stream.next()).await {
-                    Ok(Some(Ok(chunk))) => chunk,
-                    Ok(Some(Err(e))) => return Some(self.fail(Error::Worker(e.to_string()))),
-                    Ok(None) => {
-                        return Some(self.fail(Error::Worker(
-                            "the stream ended without a final chunk".into(),
-                        )));
-                    }
-                    Err(_) => {
-                        return Some(self.fail(Error::Timeout {
-                            after: self.timeout,
-                        }));
-                    }
-                },
-            };
+            let chunk =
+                match self.first.take() {
+                    Some(chunk) => chunk,
+                    None => match timeout_at(self.deadline, self.stream.next()).await {
+                        Ok(Some(Ok(chunk))) => chunk,
+                        Ok(Some(Err(e))) => return Some(self.fail(Error::Worker(e.to_string()))),
+                        Ok(None) => {
+                            return Some(self.fail(Error::Worker(
+                                "the stream ended without a final chunk".into(),
+                            )));
+                        }
+                        Err(_) => {
+                            return Some(self.fail(Error::Timeout { after: self.timeout }));
+                        }
+                    },
+                };
             if let Some(error) = &chunk.error {
                 return Some(self.fail(worker_error(error)));
             }
             if chunk.finish_reason() == FinishReason::Error {
-                return Some(self.fail(Error::Worker(
-                    "the worker ended the response with an error".into(),
-                )));
+                return Some(
+                    self.fail(Error::Worker("the worker ended the response with an error".into())),
+                );
             }
             self.text.clear();
             self.absorb(&chunk);
@@ -159,16 +158,9 @@ impl Generation {
             self.stop.flush(&mut self.text);
         }
         let usage = chunk.usage.unwrap_or_default();
-        let completion = if chunk.usage.is_some() {
-            usage.completion_tokens
-        } else {
-            self.completion_tokens
-        };
-        let reason = if stopped {
-            Some("stop")
-        } else {
-            reason.openai_name()
-        };
+        let completion =
+            if chunk.usage.is_some() { usage.completion_tokens } else { self.completion_tokens };
+        let reason = if stopped { Some("stop") } else { reason.openai_name() };
         self.finish_with(reason.unwrap_or("stop"), completion, usage.cached_tokens);
     }
 
@@ -197,9 +189,7 @@ impl Generation {
 /// The frontend's error for a worker's error chunk.
 fn worker_error(error: &WorkerError) -> Error {
     match error.kind() {
-        ErrorKind::InvalidRequest => Error::WorkerRejected {
-            message: error.message.clone(),
-        },
+        ErrorKind::InvalidRequest => Error::WorkerRejected { message: error.message.clone() },
         kind => Error::Worker(format!("{kind:?}: {}", error.message)),
     }
 }

@@ -28,16 +28,9 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
     let ready = table.iter().any(|m| !m.instances.is_empty());
     let health = Health {
         status: if ready { "healthy" } else { "no_instances" },
-        instances: table
-            .iter()
-            .map(|m| (m.name.as_str(), m.live_instances))
-            .collect(),
+        instances: table.iter().map(|m| (m.name.as_str(), m.live_instances)).collect(),
     };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     to_json(status, &health)
 }
 

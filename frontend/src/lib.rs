@@ -6,8 +6,8 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 //! `GET /health`, `GET /live`, `GET /metrics`.
 
+mod bpe;
 mod config;
-mod cost_probe;
 mod detokenize;
 mod error;
 mod generation;
@@ -60,20 +60,12 @@ pub async fn serve(
     // Background tasks stop with `shutdown`, or when the server stops for any other reason.
     let stop = shutdown.child_token();
     let tasks = TaskTracker::new();
-    let instances = discovery
-        .watch_instances(stop.clone())
-        .await
-        .map_err(Error::Discovery)?;
+    let instances = discovery.watch_instances(stop.clone()).await.map_err(Error::Discovery)?;
     let registry = ModelRegistry::start(instances, &tasks, stop.clone());
     let _ = metrics::prometheus_handle();
     tasks.spawn(metrics_upkeep(stop.clone()));
 
-    let state = Arc::new(AppState {
-        policy: config.router_mode.build(),
-        registry,
-        client,
-        config,
-    });
+    let state = Arc::new(AppState { policy: config.router_mode.build(), registry, client, config });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
     // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.
@@ -82,15 +74,11 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     stop.cancel();
     tasks.close();
-    if tokio::time::timeout(TASKS_DRAIN_TIMEOUT, tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(TASKS_DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
         tracing::warn!("background tasks still running after shutdown");
     }
     served.map_err(Error::Io)
@@ -99,10 +87,7 @@ pub async fn serve(
 fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(handlers::chat::chat_completions),
-        )
+        .route("/v1/chat/completions", post(handlers::chat::chat_completions))
         .route("/v1/completions", post(handlers::completions::completions))
         .route("/v1/models", get(health::models))
         .route("/health", get(health::health))

@@ -22,6 +22,8 @@ pub const INTER_TOKEN_LATENCY: &str = "switchyard_frontend_inter_token_latency_s
 pub const REQUEST_DURATION: &str = "switchyard_frontend_request_duration_seconds";
 /// Requests being served now, by `model`.
 pub const INFLIGHT_REQUESTS: &str = "switchyard_frontend_inflight_requests";
+/// Requests each instance accepted, by `model` and `instance` (its id).
+pub const INSTANCE_REQUESTS_TOTAL: &str = "switchyard_frontend_instance_requests_total";
 /// Prompt tokens sent to workers, by `model`.
 pub const INPUT_TOKENS_TOTAL: &str = "switchyard_frontend_input_tokens_total";
 /// Tokens received from workers, by `model`.
@@ -31,15 +33,11 @@ pub const OUTPUT_TOKENS_TOTAL: &str = "switchyard_frontend_output_tokens_total";
 /// label values, so a scan of bogus names cannot grow the series without bound.
 const UNKNOWN_MODEL: &str = "unknown";
 
-const TTFT_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-const DURATION_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
+const TTFT_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const ITL_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0];
+const DURATION_BUCKETS: &[f64] =
+    &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -92,15 +90,14 @@ fn describe() {
     );
     metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Request duration");
     metrics::describe_gauge!(INFLIGHT_REQUESTS, "Requests being served");
+    metrics::describe_counter!(INSTANCE_REQUESTS_TOTAL, "Requests each instance accepted");
     metrics::describe_counter!(INPUT_TOKENS_TOTAL, "Prompt tokens sent to workers");
     metrics::describe_counter!(OUTPUT_TOKENS_TOTAL, "Tokens received from workers");
 }
 
 /// The Prometheus text exposition of every metric.
 pub(crate) fn render() -> String {
-    prometheus_handle()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default()
+    prometheus_handle().map(PrometheusHandle::render).unwrap_or_default()
 }
 
 /// Drains histogram samples into their buckets so memory stays bounded between scrapes.
@@ -140,6 +137,16 @@ impl ModelMetrics {
             model,
         }
     }
+}
+
+/// The request counter of one instance (registered once, when the instance appears).
+pub(crate) fn instance_requests_counter(model: &str, instance_id: &str) -> Counter {
+    let _ = prometheus_handle();
+    metrics::counter!(
+        INSTANCE_REQUESTS_TOTAL,
+        "model" => model.to_owned(),
+        "instance" => instance_id.to_owned(),
+    )
 }
 
 /// Which API a request came through.
@@ -228,10 +235,8 @@ impl RequestTracker {
 
 impl Drop for RequestTracker {
     fn drop(&mut self) {
-        let model = self
-            .model
-            .as_ref()
-            .map_or(SharedString::const_str(UNKNOWN_MODEL), |m| m.model.clone());
+        let model =
+            self.model.as_ref().map_or(SharedString::const_str(UNKNOWN_MODEL), |m| m.model.clone());
         metrics::counter!(
             REQUESTS_TOTAL,
             "model" => model,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::metrics::ModelMetrics;
+use crate::metrics::{ModelMetrics, instance_requests_counter};
 use crate::preprocess::Preprocessor;
 
 /// After a failed load, requests get the same error for this long before loading is retried,
@@ -28,6 +28,8 @@ pub(crate) struct RoutedInstance {
     pub record: Arc<InstanceRecord>,
     /// Requests this frontend has sent it that have not ended; kept across table rebuilds.
     pub in_flight: Arc<AtomicU32>,
+    /// Requests it accepted from this frontend (`instance_requests_total`).
+    pub requests: metrics::Counter,
 }
 
 /// What the frontend knows of one model.
@@ -78,11 +80,7 @@ pub(crate) struct PreprocessorSlot {
 
 impl PreprocessorSlot {
     fn new(source: String) -> PreprocessorSlot {
-        PreprocessorSlot {
-            source,
-            loaded: OnceCell::new(),
-            failure: Mutex::new(None),
-        }
+        PreprocessorSlot { source, loaded: OnceCell::new(), failure: Mutex::new(None) }
     }
 
     /// The loaded preprocessor; the first caller loads it on a blocking thread and the others
@@ -134,10 +132,7 @@ impl ModelRegistry {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> ModelRegistry {
-        let mut builder = TableBuilder {
-            tasks: tasks.clone(),
-            ..TableBuilder::default()
-        };
+        let mut builder = TableBuilder { tasks: tasks.clone(), ..TableBuilder::default() };
         let mut changes = instances.subscribe();
         let snapshot = changes.borrow_and_update().clone();
         let first = builder.build(&snapshot);
@@ -167,7 +162,8 @@ impl ModelRegistry {
 #[derive(Default)]
 struct TableBuilder {
     tasks: TaskTracker,
-    counters: HashMap<String, Arc<AtomicU32>>,
+    /// Per instance id: its in-flight counter and request counter.
+    counters: HashMap<String, (Arc<AtomicU32>, metrics::Counter)>,
     slots: HashMap<String, Arc<PreprocessorSlot>>,
     metrics: HashMap<String, Arc<ModelMetrics>>,
     first_seen: HashMap<String, u64>,
@@ -198,16 +194,12 @@ impl TableBuilder {
                 .iter()
                 .filter(|r| r.role() != Role::Prefill)
                 .map(|r| {
-                    let counter = self
-                        .counters
-                        .get(&r.instance_id)
-                        .cloned()
-                        .unwrap_or_default();
-                    counters.insert(r.instance_id.clone(), counter.clone());
-                    RoutedInstance {
-                        record: r.clone(),
-                        in_flight: counter,
-                    }
+                    let (in_flight, requests) =
+                        self.counters.get(&r.instance_id).cloned().unwrap_or_else(|| {
+                            (Arc::default(), instance_requests_counter(name, &r.instance_id))
+                        });
+                    counters.insert(r.instance_id.clone(), (in_flight.clone(), requests.clone()));
+                    RoutedInstance { record: r.clone(), in_flight, requests }
                 })
                 .collect();
             let block_sizes = || cards().map(|c| c.kv_block_size).filter(|&b| b > 0);
@@ -218,9 +210,7 @@ impl TableBuilder {
                     "instances disagree on the KV block size; using {kv_block_size}"
                 );
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let entry = ModelEntry {
                 name: name.to_owned(),
                 created: *self.first_seen.entry(name.to_owned()).or_insert(now),

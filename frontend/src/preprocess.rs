@@ -9,8 +9,9 @@ use minijinja::context;
 use minijinja::value::{ValueKind, merge_maps};
 use serde::Serialize;
 use switchyard_model::ModelFiles;
-use tokenizers::Tokenizer;
+use tokenizers::{PostProcessor, Tokenizer};
 
+use crate::bpe::FastBpe;
 use crate::detokenize::{Detokenizer, TokenBytes};
 use crate::error::Error;
 use crate::openai::request::{ChatMessage, MessageContent};
@@ -30,16 +31,18 @@ pub(crate) struct Preprocessor {
     vocab_size: usize,
     /// Bytes of every token, when the tokenizer's decoder allows decoding token by token.
     token_bytes: Option<Arc<TokenBytes>>,
+    /// The fast encoder, when it reproduces this tokenizer.
+    fast: Option<FastBpe>,
+    /// Whether the tokenizer's post-processor adds no tokens, so the fast encoder also serves
+    /// `add_special_tokens = true`.
+    adds_no_special_tokens: bool,
 }
 
 impl Preprocessor {
     /// Resolves `source` and loads everything. Blocking (files, parsing, compiling): call it
     /// from `spawn_blocking`.
     pub fn load(source: &str) -> Result<Preprocessor, Error> {
-        let fail = |reason: String| Error::ModelLoad {
-            source_name: source.to_owned(),
-            reason,
-        };
+        let fail = |reason: String| Error::ModelLoad { source_name: source.to_owned(), reason };
         let files = ModelFiles::resolve(source).map_err(|e| fail(e.to_string()))?;
         Preprocessor::from_files(files).map_err(|e| match e {
             Error::ModelLoad { reason, .. } => fail(reason),
@@ -49,10 +52,7 @@ impl Preprocessor {
 
     /// Builds the preprocessor from resolved files. Blocking.
     pub fn from_files(files: ModelFiles) -> Result<Preprocessor, Error> {
-        let fail = |reason: String| Error::ModelLoad {
-            source_name: files.source.clone(),
-            reason,
-        };
+        let fail = |reason: String| Error::ModelLoad { source_name: files.source.clone(), reason };
         let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
             .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
         let template = files
@@ -63,6 +63,22 @@ impl Preprocessor {
             .transpose()
             .map_err(|e| fail(format!("chat template: {e:#}")))?;
         let token_bytes = TokenBytes::build(&tokenizer).map(Arc::new);
+        let special_sample = format!(
+            "{}Hi{} there",
+            files.tokenizer_config.bos_token.as_deref().unwrap_or(""),
+            files.tokenizer_config.eos_token.as_deref().unwrap_or("")
+        );
+        let fast = FastBpe::from_tokenizer_json(&files.tokenizer_json);
+        let fast = match fast {
+            Some(fast) if fast.agrees_with(&tokenizer, &special_sample) => Some(fast),
+            Some(_) => {
+                tracing::warn!(source = %files.source, "fast encoder disagrees with the tokenizer; not used");
+                None
+            }
+            None => None,
+        };
+        let adds_no_special_tokens =
+            tokenizer.get_post_processor().is_none_or(|p| p.added_tokens(false) == 0);
         let vocab_size = tokenizer.get_vocab_size(true);
         Ok(Preprocessor {
             context_length: files.context_length(),
@@ -73,6 +89,8 @@ impl Preprocessor {
             template,
             vocab_size,
             token_bytes,
+            fast,
+            adds_no_special_tokens,
         })
     }
 
@@ -121,11 +139,7 @@ impl Preprocessor {
             tools => tools.filter(|t| !t.is_none()),
         };
         // Extra variables may add to the context but not replace what the request defines.
-        let ctx = if extra.is_undefined() {
-            base
-        } else {
-            merge_maps([extra, base])
-        };
+        let ctx = if extra.is_undefined() { base } else { merge_maps([extra, base]) };
         template.render(ctx).map_err(|e| {
             let message = match (e.kind(), e.detail()) {
                 (minijinja::ErrorKind::InvalidOperation, Some(detail)) => detail.to_owned(),
@@ -138,6 +152,14 @@ impl Preprocessor {
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's post-processor adds
     /// (a BOS, for models that want one) — not for chat prompts, whose template has them.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
+        if let Some(fast) = &self.fast
+            && (!add_special_tokens || self.adds_no_special_tokens)
+        {
+            let mut ids = Vec::new();
+            if fast.encode(text, &mut ids) {
+                return Ok(ids);
+            }
+        }
         self.tokenizer
             .encode_fast(text, add_special_tokens)
             .map(|encoding| encoding.get_ids().to_vec())
@@ -149,10 +171,7 @@ impl Preprocessor {
         match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             Some(id) => Err(Error::invalid(
                 param,
-                format!(
-                    "token id {id} is out of range (vocabulary size {})",
-                    self.vocab_size
-                ),
+                format!("token id {id} is out of range (vocabulary size {})", self.vocab_size),
             )),
             None => Ok(()),
         }
@@ -306,10 +325,7 @@ mod tests {
                 req.chat_template_kwargs.as_ref(),
             )
             .expect("renders");
-        assert_eq!(
-            out,
-            r#"1|false|[{"type": "function", "function": {"name": "f"}}]"#
-        );
+        assert_eq!(out, r#"1|False|[{"type": "function", "function": {"name": "f"}}]"#);
         let bad =
             messages(r#"{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]}"#);
         let err = p

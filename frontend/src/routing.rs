@@ -25,9 +25,7 @@ pub(crate) struct InFlightGuard {
 impl InFlightGuard {
     fn new(counter: &Arc<AtomicU32>) -> InFlightGuard {
         counter.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard {
-            counter: counter.clone(),
-        }
+        InFlightGuard { counter: counter.clone() }
     }
 }
 
@@ -60,9 +58,7 @@ impl Dispatch<'_> {
     pub async fn send(&self, mut request: GenerateRequest) -> Result<Dispatched, Error> {
         let instances = &self.model.instances;
         if instances.is_empty() {
-            return Err(Error::NoInstance {
-                model: self.model.name.clone(),
-            });
+            return Err(Error::NoInstance { model: self.model.name.clone() });
         }
         let attempts = self.max_attempts.clamp(1, instances.len());
         let mut tried: Vec<usize> = Vec::new();
@@ -83,35 +79,22 @@ impl Dispatch<'_> {
                 return Ok(dispatched);
             }
         }
-        Err(Error::Unavailable {
-            model: self.model.name.clone(),
-            tried: tried.len(),
-        })
+        Err(Error::Unavailable { model: self.model.name.clone(), tried: tried.len() })
     }
 
     /// The policy's choice among the instances not tried yet.
     fn select(&self, tried: &[usize], block_hashes: &[u64], prompt_tokens: usize) -> Option<usize> {
-        let info = RequestInfo {
-            block_hashes,
-            prompt_tokens,
-        };
+        let info = RequestInfo { block_hashes, prompt_tokens };
         let instances = &self.model.instances;
         if tried.is_empty() {
             let candidates: Vec<Candidate<'_>> = instances.iter().map(candidate).collect();
-            return self
-                .policy
-                .select(&candidates, &info)
-                .filter(|&i| i < instances.len());
+            return self.policy.select(&candidates, &info).filter(|&i| i < instances.len());
         }
         // A retry: rare, so the index map's allocation does not matter.
-        let untried: Vec<usize> = (0..instances.len())
-            .filter(|i| !tried.contains(i))
-            .collect();
+        let untried: Vec<usize> = (0..instances.len()).filter(|i| !tried.contains(i)).collect();
         let candidates: Vec<Candidate<'_>> =
             untried.iter().map(|&i| candidate(&instances[i])).collect();
-        self.policy
-            .select(&candidates, &info)
-            .and_then(|i| untried.get(i).copied())
+        self.policy.select(&candidates, &info).and_then(|i| untried.get(i).copied())
     }
 
     /// One attempt: `Ok(None)` when the instance could not take the request and another may.
@@ -122,9 +105,7 @@ impl Dispatch<'_> {
     ) -> Result<Option<Dispatched>, Error> {
         let record = &instance.record;
         let in_flight = InFlightGuard::new(&instance.in_flight);
-        let timed_out = || Error::Timeout {
-            after: self.timeout,
-        };
+        let timed_out = || Error::Timeout { after: self.timeout };
         let mut stream = match timeout_at(
             self.deadline,
             self.client.generate(&record.address, request),
@@ -151,19 +132,13 @@ impl Dispatch<'_> {
             }
         };
         if let Some(error) = &first.error
-            && matches!(
-                error.kind(),
-                ErrorKind::Overloaded | ErrorKind::ShuttingDown
-            )
+            && matches!(error.kind(), ErrorKind::Overloaded | ErrorKind::ShuttingDown)
         {
             tracing::info!(instance = %record.instance_id, kind = ?error.kind(), "instance turned the request away; trying another");
             return Ok(None);
         }
-        Ok(Some(Dispatched {
-            first,
-            stream,
-            in_flight,
-        }))
+        instance.requests.increment(1);
+        Ok(Some(Dispatched { first, stream, in_flight }))
     }
 }
 
@@ -176,8 +151,6 @@ fn candidate(instance: &RoutedInstance) -> Candidate<'_> {
 
 /// Milliseconds left until `deadline`, at least 1 (0 would mean "no deadline" to a worker).
 fn remaining_ms(deadline: Instant) -> u64 {
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .as_millis();
+    let left = deadline.saturating_duration_since(Instant::now()).as_millis();
     u64::try_from(left).unwrap_or(u64::MAX).max(1)
 }

@@ -14,11 +14,7 @@ pub(crate) struct StopMatcher {
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> StopMatcher {
         let longest = stops.iter().map(String::len).max().unwrap_or(0);
-        StopMatcher {
-            stops,
-            longest,
-            held: String::new(),
-        }
+        StopMatcher { stops, longest, held: String::new() }
     }
 
     /// Adds `text`; appends to `out` what can be shown. True when a stop string was found:
@@ -44,12 +40,8 @@ impl StopMatcher {
             self.held.clear();
             return true;
         }
-        let keep = self
-            .stops
-            .iter()
-            .map(|stop| partial_suffix(&self.held, stop))
-            .max()
-            .unwrap_or(0);
+        let keep =
+            self.stops.iter().map(|stop| partial_suffix(&self.held, stop)).max().unwrap_or(0);
         let release = self.held.len() - keep;
         out.push_str(&self.held[..release]);
         self.held.drain(..release);
@@ -66,10 +58,7 @@ impl StopMatcher {
 /// Length of the longest proper prefix of `stop` that `text` ends with.
 fn partial_suffix(text: &str, stop: &str) -> usize {
     let (text, stop) = (text.as_bytes(), stop.as_bytes());
-    (1..stop.len().min(text.len() + 1))
-        .rev()
-        .find(|&k| text.ends_with(&stop[..k]))
-        .unwrap_or(0)
+    (1..stop.len().min(text.len() + 1)).rev().find(|&k| text.ends_with(&stop[..k])).unwrap_or(0)
 }
 
 /// The largest char boundary of `s` at or below `i`.
@@ -103,10 +92,7 @@ mod tests {
 
     #[test]
     fn a_stop_split_across_pieces_is_found_and_not_shown() {
-        assert_eq!(
-            run(&["STOP"], &["hello S", "TO", "P and more"]),
-            ("hello ".into(), true)
-        );
+        assert_eq!(run(&["STOP"], &["hello S", "TO", "P and more"]), ("hello ".into(), true));
         assert_eq!(run(&["\n\n"], &["a\n", "\nb"]), ("a".into(), true));
     }
 
@@ -125,14 +111,8 @@ mod tests {
 
     #[test]
     fn the_earliest_of_several_stops_wins_and_multibyte_text_is_safe() {
-        assert_eq!(
-            run(&["wörld", "ö"], &["héllo wö", "rld"]),
-            ("héllo w".into(), true)
-        );
-        assert_eq!(
-            run(&["日本"], &["こんにちは日", "本語"]),
-            ("こんにちは".into(), true)
-        );
+        assert_eq!(run(&["wörld", "ö"], &["héllo wö", "rld"]), ("héllo w".into(), true));
+        assert_eq!(run(&["日本"], &["こんにちは日", "本語"]), ("こんにちは".into(), true));
         assert_eq!(run(&["end"], &["e", "n", "d"]), (String::new(), true));
     }
 }

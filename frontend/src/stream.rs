@@ -47,10 +47,7 @@ pub(crate) fn sse_response(
     });
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -87,13 +84,7 @@ impl SseEvents {
                 if self.kind == ApiKind::Chat && !self.role_sent {
                     write_text(&mut frame, &self.meta, self.kind, "", true);
                 }
-                write_finish(
-                    &mut frame,
-                    &self.meta,
-                    self.kind,
-                    &finish,
-                    self.include_usage,
-                );
+                write_finish(&mut frame, &self.meta, self.kind, &finish, self.include_usage);
                 frame.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
             }
@@ -129,22 +120,15 @@ fn write_text(
         ApiKind::Chat => {
             let choices = [ChatChunkChoice {
                 index: 0,
-                delta: ChatDelta {
-                    role: with_role.then_some("assistant"),
-                    content: Some(text),
-                },
+                delta: ChatDelta { role: with_role.then_some("assistant"), content: Some(text) },
                 logprobs: None,
                 finish_reason: None,
             }];
             write_event(frame, &chat_chunk(meta, &choices, None));
         }
         ApiKind::Completion => {
-            let choices = [CompletionChoice {
-                index: 0,
-                text,
-                logprobs: None,
-                finish_reason: None,
-            }];
+            let choices =
+                [CompletionChoice { index: 0, text, logprobs: None, finish_reason: None }];
             write_event(frame, &completion(meta, &choices, None));
         }
     }
@@ -161,10 +145,7 @@ fn write_finish(
         ApiKind::Chat => {
             let choices = [ChatChunkChoice {
                 index: 0,
-                delta: ChatDelta {
-                    role: None,
-                    content: None,
-                },
+                delta: ChatDelta { role: None, content: None },
                 logprobs: None,
                 finish_reason: Some(finish.reason),
             }];
@@ -243,10 +224,7 @@ pub(crate) async fn collect_response(
             model: &meta.model,
             choices: [ChatChoice {
                 index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: &text,
-                },
+                message: AssistantMessage { role: "assistant", content: &text },
                 logprobs: None,
                 finish_reason: finish.reason,
             }],
@@ -271,9 +249,8 @@ pub(crate) async fn collect_response(
 /// A JSON body with its content type.
 pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -63,24 +63,19 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
         Some(n) => {
             let indentation = " ".repeat(n);
             let formatter = serde_json::ser::PrettyFormatter::with_indent(indentation.as_bytes());
-            value.serialize(&mut serde_json::Serializer::with_formatter(
-                &mut out, formatter,
-            ))
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonCompact,
-        )),
+        None => {
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonCompact))
+        }
     };
     written.map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON")
             .with_source(e)
     })?;
-    String::from_utf8(out)
-        .map(Value::from_safe_string)
-        .map_err(|e| {
-            minijinja::Error::new(ErrorKind::InvalidOperation, "JSON is not UTF-8").with_source(e)
-        })
+    String::from_utf8(out).map(Value::from_safe_string).map_err(|e| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, "JSON is not UTF-8").with_source(e)
+    })
 }
 
 /// Python's default `json.dumps` separators: `", "` between items, `": "` after keys.
@@ -111,9 +106,7 @@ impl serde_json::ser::Formatter for PythonCompact {
 /// `strftime_now(format)`: the current UTC time, for templates that print today's date
 /// (Llama 3's "Today Date"). Supports the common directives.
 fn strftime_now(format: &str) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     strftime(format, secs)
 }
 
@@ -131,15 +124,8 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] =
+    ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 fn strftime(format: &str, unix_secs: u64) -> String {
     let days = unix_secs / 86_400;
@@ -162,11 +148,7 @@ fn strftime(format: &str, unix_secs: u64) -> String {
             directive = chars.next();
         }
         let two = |n: u64| {
-            if no_pad {
-                n.to_string()
-            } else {
-                format!("{n:02}")
-            }
+            if no_pad { n.to_string() } else { format!("{n:02}") }
         };
         match directive {
             Some('Y') => out.push_str(&year.to_string()),
@@ -216,11 +198,9 @@ mod tests {
 
     #[test]
     fn python_methods_and_raise_exception_work() {
-        let out = render(
-            "{{ x.strip().upper() }}|{{ x.startswith(' a') }}",
-            context! { x => " ab " },
-        )
-        .expect("renders");
+        let out =
+            render("{{ x.strip().upper() }}|{{ x.startswith(' a') }}", context! { x => " ab " })
+                .expect("renders");
         assert_eq!(out, "AB|True");
         let err = render("{{ raise_exception('roles must alternate') }}", context! {})
             .expect_err("raises");
@@ -234,19 +214,13 @@ mod tests {
         let out = render("{{ v | tojson }}", context! { v => value.clone() }).expect("renders");
         assert_eq!(out, r#"{"b": 1, "a": [1, "é<"], "c": {}}"#);
         let out = render("{{ v | tojson(indent=2) }}", context! { v => value }).expect("renders");
-        assert_eq!(
-            out,
-            "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"c\": {}\n}"
-        );
+        assert_eq!(out, "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"c\": {}\n}");
     }
 
     #[test]
     fn blocks_are_trimmed_like_transformers() {
-        let out = render(
-            "{% for m in ms %}\n  {{ m }}\n{% endfor %}",
-            context! { ms => [1, 2] },
-        )
-        .expect("renders");
+        let out = render("{% for m in ms %}\n  {{ m }}\n{% endfor %}", context! { ms => [1, 2] })
+            .expect("renders");
         assert_eq!(out, "  1\n  2\n");
     }
 
@@ -255,10 +229,7 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday.
         let t = 1_722_085_509 - 86_400;
         assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(
-            strftime("%A %B %-d, %H:%M:%S %%", t),
-            "Friday July 26, 13:05:09 %"
-        );
+        assert_eq!(strftime("%A %B %-d, %H:%M:%S %%", t), "Friday July 26, 13:05:09 %");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }

@@ -21,20 +21,14 @@ fn text_worker(finish: FinishReason) -> std::sync::Arc<ScriptedWorker> {
 }
 
 fn parse(events: &[String]) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
+    events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect()
 }
 
 #[tokio::test]
 async fn chat_without_streaming() -> Result<()> {
     let worker = text_worker(FinishReason::Length);
     let h = Harness::start(FrontendConfig::default(), vec![worker.clone()]).await?;
-    let (status, body) = h
-        .post_json("/v1/chat/completions", chat_body("Hi there"))
-        .await?;
+    let (status, body) = h.post_json("/v1/chat/completions", chat_body("Hi there")).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -47,30 +41,18 @@ async fn chat_without_streaming() -> Result<()> {
     let completion = encode(TEXT, false).len() as u64;
     assert_eq!(body["usage"]["prompt_tokens"], prompt.len() as u64);
     assert_eq!(body["usage"]["completion_tokens"], completion);
-    assert_eq!(
-        body["usage"]["total_tokens"],
-        prompt.len() as u64 + completion
-    );
-    assert_eq!(
-        body["usage"]["prompt_tokens_details"]["cached_tokens"],
-        CACHED
-    );
+    assert_eq!(body["usage"]["total_tokens"], prompt.len() as u64 + completion);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], CACHED);
 
     // The worker got the tokenized prompt, its block hashes and a bounded max_tokens.
     let sent = worker.last_request();
     assert_eq!(sent.token_ids, prompt);
-    assert_eq!(
-        sent.block_hashes,
-        switchyard_router::block_hashes(&prompt, BLOCK_SIZE as usize)
-    );
+    assert_eq!(sent.block_hashes, switchyard_router::block_hashes(&prompt, BLOCK_SIZE as usize));
     assert!(!sent.block_hashes.is_empty());
     assert_eq!(sent.model, MODEL);
     assert!(sent.deadline_ms > 0);
     let sampling = sent.sampling.unwrap();
-    assert_eq!(
-        sampling.max_tokens as usize,
-        CONTEXT as usize - prompt.len()
-    );
+    assert_eq!(sampling.max_tokens as usize, CONTEXT as usize - prompt.len());
     h.stop().await
 }
 
@@ -107,14 +89,8 @@ async fn chat_streaming_with_usage() -> Result<()> {
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
     let usage = &chunks[chunks.len() - 1];
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(
-        usage["usage"]["prompt_tokens"],
-        chat_prompt_tokens("Hi").len() as u64
-    );
-    assert_eq!(
-        usage["usage"]["completion_tokens"],
-        encode(TEXT, false).len() as u64
-    );
+    assert_eq!(usage["usage"]["prompt_tokens"], chat_prompt_tokens("Hi").len() as u64);
+    assert_eq!(usage["usage"]["completion_tokens"], encode(TEXT, false).len() as u64);
 
     let sampling = worker.last_request().sampling.unwrap();
     assert_eq!(sampling.max_tokens, 100);
@@ -126,11 +102,8 @@ async fn chat_streaming_with_usage() -> Result<()> {
 
 #[tokio::test]
 async fn streaming_without_include_usage_has_no_usage_chunk() -> Result<()> {
-    let h = Harness::start(
-        FrontendConfig::default(),
-        vec![text_worker(FinishReason::Stop)],
-    )
-    .await?;
+    let h =
+        Harness::start(FrontendConfig::default(), vec![text_worker(FinishReason::Stop)]).await?;
     let mut body = chat_body("Hi");
     body["stream"] = json!(true);
     let (status, events) = h.post_stream("/v1/chat/completions", body).await?;
@@ -141,10 +114,7 @@ async fn streaming_without_include_usage_has_no_usage_chunk() -> Result<()> {
             .iter()
             .all(|c| c.get("usage").is_none() && c["choices"].as_array().unwrap().len() == 1)
     );
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "stop"
-    );
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
     h.stop().await
 }
 
@@ -169,12 +139,8 @@ async fn completions_with_text_and_token_prompts() -> Result<()> {
 
     // Token ids go through as given; a one-element list of prompts is one prompt.
     for prompt in [json!([5, 6, 7, 8, 9]), json!([[5, 6, 7, 8, 9]])] {
-        let (status, body) = h
-            .post_json(
-                "/v1/completions",
-                json!({ "model": MODEL, "prompt": prompt }),
-            )
-            .await?;
+        let (status, body) =
+            h.post_json("/v1/completions", json!({ "model": MODEL, "prompt": prompt })).await?;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["usage"]["prompt_tokens"], 5);
         assert_eq!(worker.last_request().token_ids, vec![5, 6, 7, 8, 9]);
@@ -186,16 +152,10 @@ async fn completions_with_text_and_token_prompts() -> Result<()> {
     assert_eq!(status, 200);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks = parse(&events);
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["text"].as_str())
-        .collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(text, TEXT);
     assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "length"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
     assert_eq!(
         chunks[chunks.len() - 1]["usage"]["completion_tokens"],
         encode(TEXT, false).len() as u64
@@ -222,22 +182,12 @@ async fn stop_strings_end_the_response_and_cancel_the_worker() -> Result<()> {
     let (status, events) = h.post_stream("/v1/chat/completions", body).await?;
     assert_eq!(status, 200);
     let chunks = parse(&events);
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let content: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content, "abc");
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "stop"
-    );
-    eventually(|| async {
-        worker
-            .streams_dropped
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 2
-    })
-    .await?;
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    eventually(|| async { worker.streams_dropped.load(std::sync::atomic::Ordering::SeqCst) == 2 })
+        .await?;
     h.stop().await
 }
 
@@ -256,10 +206,7 @@ async fn characters_split_across_chunks_arrive_whole() -> Result<()> {
     let chunks = single_byte.iter().map(|&id| vec![id]).collect();
     let h = Harness::start(
         FrontendConfig::default(),
-        vec![ScriptedWorker::new(Script::Tokens {
-            chunks,
-            finish: FinishReason::Stop,
-        })],
+        vec![ScriptedWorker::new(Script::Tokens { chunks, finish: FinishReason::Stop })],
     )
     .await?;
     let mut body = chat_body("x");
@@ -267,11 +214,7 @@ async fn characters_split_across_chunks_arrive_whole() -> Result<()> {
     let (_, events) = h.post_stream("/v1/chat/completions", body).await?;
     let pieces: Vec<String> = parse(&events)
         .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .filter(|t| !t.is_empty())
         .collect();
     assert_eq!(pieces, vec!["é".to_owned(), "😀".to_owned()]);
@@ -291,19 +234,15 @@ fn byte_token(tokenizer: &tokenizers::Tokenizer, id: u32, b: u8) -> bool {
     if printable {
         return c as u32 == u32::from(b);
     }
-    let shifted = (0..b)
-        .filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF))
-        .count() as u32;
+    let shifted =
+        (0..b).filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)).count() as u32;
     c as u32 == 256 + shifted
 }
 
 #[tokio::test]
 async fn models_health_live_and_metrics() -> Result<()> {
-    let h = Harness::start(
-        FrontendConfig::default(),
-        vec![text_worker(FinishReason::Stop)],
-    )
-    .await?;
+    let h =
+        Harness::start(FrontendConfig::default(), vec![text_worker(FinishReason::Stop)]).await?;
     let models: Value = within(h.get("/v1/models").await?.json()).await?;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
@@ -315,9 +254,7 @@ async fn models_health_live_and_metrics() -> Result<()> {
     assert_eq!(health["instances"][MODEL], 1);
     assert_eq!(h.get("/live").await?.status(), 200);
 
-    let (status, _) = h
-        .post_json("/v1/chat/completions", chat_body("count me"))
-        .await?;
+    let (status, _) = h.post_json("/v1/chat/completions", chat_body("count me")).await?;
     assert_eq!(status, 200);
     let metrics = within(h.get("/metrics").await?.text()).await?;
     for name in [
@@ -326,6 +263,7 @@ async fn models_health_live_and_metrics() -> Result<()> {
         "switchyard_frontend_inter_token_latency_seconds_bucket",
         "switchyard_frontend_request_duration_seconds_bucket",
         "switchyard_frontend_inflight_requests",
+        "switchyard_frontend_instance_requests_total",
         "switchyard_frontend_input_tokens_total",
         "switchyard_frontend_output_tokens_total",
     ] {
@@ -333,6 +271,7 @@ async fn models_health_live_and_metrics() -> Result<()> {
     }
     assert!(metrics.contains(r#"model="tiny""#));
     assert!(metrics.contains(r#"status="200""#));
+    assert!(metrics.contains(r#"instance="w0""#));
     h.stop().await
 }
 

@@ -24,15 +24,9 @@ fn ok_worker() -> std::sync::Arc<ScriptedWorker> {
 /// Checks OpenAI's error shape; returns the `error` object.
 fn error_of(body: &Value) -> &Value {
     let error = &body["error"];
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(error["type"].is_string(), "{body}");
-    assert!(
-        error.get("param").is_some() && error.get("code").is_some(),
-        "{body}"
-    );
+    assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
     error
 }
 
@@ -58,37 +52,15 @@ async fn bad_requests_are_400_naming_the_field() -> Result<()> {
         body
     };
     expect_400(&h, chat, json!({ "model": MODEL }), Some("messages")).await?;
-    expect_400(
-        &h,
-        chat,
-        json!({ "messages": [{"role": "user", "content": "x"}] }),
-        Some("model"),
-    )
-    .await?;
-    expect_400(
-        &h,
-        chat,
-        with("temperature", json!(2.5)),
-        Some("temperature"),
-    )
-    .await?;
-    expect_400(
-        &h,
-        chat,
-        with("temperature", json!("warm")),
-        Some("temperature"),
-    )
-    .await?;
+    expect_400(&h, chat, json!({ "messages": [{"role": "user", "content": "x"}] }), Some("model"))
+        .await?;
+    expect_400(&h, chat, with("temperature", json!(2.5)), Some("temperature")).await?;
+    expect_400(&h, chat, with("temperature", json!("warm")), Some("temperature")).await?;
     expect_400(&h, chat, with("top_p", json!(0)), Some("top_p")).await?;
     expect_400(&h, chat, with("max_tokens", json!(0)), Some("max_tokens")).await?;
     expect_400(&h, chat, with("max_tokens", json!(-5)), Some("max_tokens")).await?;
-    expect_400(
-        &h,
-        chat,
-        with("max_completion_tokens", json!(0)),
-        Some("max_completion_tokens"),
-    )
-    .await?;
+    expect_400(&h, chat, with("max_completion_tokens", json!(0)), Some("max_completion_tokens"))
+        .await?;
     expect_400(&h, chat, with("n", json!(2)), Some("n")).await?;
     expect_400(&h, chat, with("stop", json!(7)), Some("stop")).await?;
     expect_400(&h, chat, with("messages", json!([])), Some("messages")).await?;
@@ -100,48 +72,23 @@ async fn bad_requests_are_400_naming_the_field() -> Result<()> {
         Some("messages[0].content"),
     )
     .await?;
-    expect_400(
-        &h,
-        chat,
-        with("messages", json!([{"content": "x"}])),
-        Some("messages[0].role"),
-    )
-    .await?;
+    expect_400(&h, chat, with("messages", json!([{"content": "x"}])), Some("messages[0].role"))
+        .await?;
     // Prompt plus max_tokens over the context (2048).
+    expect_400(&h, chat, with("max_tokens", json!(CONTEXT)), Some("max_tokens")).await?;
     expect_400(
         &h,
         chat,
-        with("max_tokens", json!(CONTEXT)),
-        Some("max_tokens"),
-    )
-    .await?;
-    expect_400(
-        &h,
-        chat,
-        with(
-            "messages",
-            json!([{"role": "user", "content": "word ".repeat(3000)}]),
-        ),
+        with("messages", json!([{"role": "user", "content": "word ".repeat(3000)}])),
         Some("messages"),
     )
     .await?;
 
     let completions = "/v1/completions";
     expect_400(&h, completions, json!({ "model": MODEL }), Some("prompt")).await?;
-    expect_400(
-        &h,
-        completions,
-        json!({ "model": MODEL, "prompt": ["a", "b"] }),
-        Some("prompt"),
-    )
-    .await?;
-    expect_400(
-        &h,
-        completions,
-        json!({ "model": MODEL, "prompt": [] }),
-        Some("prompt"),
-    )
-    .await?;
+    expect_400(&h, completions, json!({ "model": MODEL, "prompt": ["a", "b"] }), Some("prompt"))
+        .await?;
+    expect_400(&h, completions, json!({ "model": MODEL, "prompt": [] }), Some("prompt")).await?;
     expect_400(
         &h,
         completions,
@@ -153,11 +100,7 @@ async fn bad_requests_are_400_naming_the_field() -> Result<()> {
     // Not JSON at all, or not an object.
     for raw in ["{\"model\": ", "[1, 2]", "", "null"] {
         let response = within(
-            h.http
-                .post(h.url(chat))
-                .header("content-type", "application/json")
-                .body(raw)
-                .send(),
+            h.http.post(h.url(chat)).header("content-type", "application/json").body(raw).send(),
         )
         .await?;
         assert_eq!(response.status(), 400, "{raw:?}");
@@ -177,14 +120,11 @@ async fn unknown_model_is_404_and_a_model_without_instances_is_503() -> Result<(
     assert_eq!(error_of(&response)["code"], "model_not_found");
 
     // A prefill-only instance cannot take a whole request.
-    h.add_instance("p0", "prefill-only", "127.0.0.1:1", Role::Prefill)
-        .await?;
+    h.add_instance("p0", "prefill-only", "127.0.0.1:1", Role::Prefill).await?;
     eventually(|| async {
         let mut body = chat_body("hi");
         body["model"] = json!("prefill-only");
-        h.post_json("/v1/chat/completions", body)
-            .await
-            .is_ok_and(|(s, _)| s == 503)
+        h.post_json("/v1/chat/completions", body).await.is_ok_and(|(s, _)| s == 503)
     })
     .await?;
 
@@ -201,14 +141,10 @@ async fn unknown_model_is_404_and_a_model_without_instances_is_503() -> Result<(
 
 #[tokio::test]
 async fn oversized_bodies_unknown_routes_and_wrong_methods() -> Result<()> {
-    let config = FrontendConfig {
-        max_body_bytes: 1024,
-        ..FrontendConfig::default()
-    };
+    let config = FrontendConfig { max_body_bytes: 1024, ..FrontendConfig::default() };
     let h = Harness::start(config, vec![ok_worker()]).await?;
-    let (status, response) = h
-        .post_json("/v1/chat/completions", chat_body(&"x".repeat(4096)))
-        .await?;
+    let (status, response) =
+        h.post_json("/v1/chat/completions", chat_body(&"x".repeat(4096))).await?;
     assert_eq!(status, 413);
     assert_eq!(error_of(&response)["code"], "request_too_large");
 
@@ -229,21 +165,14 @@ async fn requests_go_around_unreachable_and_overloaded_instances() -> Result<()>
     let overloaded = ScriptedWorker::new(Script::Reject(ErrorKind::Overloaded));
     let draining = ScriptedWorker::new(Script::Reject(ErrorKind::ShuttingDown));
     let good = ok_worker();
-    let config = FrontendConfig {
-        max_attempts: 4,
-        ..FrontendConfig::default()
-    };
-    let h = Harness::start(
-        config,
-        vec![overloaded.clone(), draining.clone(), good.clone()],
-    )
-    .await?;
+    let config = FrontendConfig { max_attempts: 4, ..FrontendConfig::default() };
+    let h =
+        Harness::start(config, vec![overloaded.clone(), draining.clone(), good.clone()]).await?;
     // An instance whose address has nobody listening.
     let dead = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await?;
     let dead_address = dead.local_addr()?.to_string();
     drop(dead);
-    h.add_instance("dead", MODEL, &dead_address, Role::Aggregated)
-        .await?;
+    h.add_instance("dead", MODEL, &dead_address, Role::Aggregated).await?;
     eventually(|| async {
         let health: Value = match h.get("/health").await {
             Ok(r) => r.json().await.unwrap_or_default(),
@@ -285,9 +214,7 @@ async fn every_instance_turning_the_request_away_is_503() -> Result<()> {
 async fn worker_rejections_and_failures() -> Result<()> {
     let h = Harness::start(
         FrontendConfig::default(),
-        vec![ScriptedWorker::new(Script::Reject(
-            ErrorKind::InvalidRequest,
-        ))],
+        vec![ScriptedWorker::new(Script::Reject(ErrorKind::InvalidRequest))],
     )
     .await?;
     let (status, response) = h.post_json("/v1/chat/completions", chat_body("hi")).await?;
@@ -299,29 +226,22 @@ async fn worker_rejections_and_failures() -> Result<()> {
     // has begun, an error event and the end of the stream.
     let h = Harness::start(
         FrontendConfig::default(),
-        vec![ScriptedWorker::new(Script::FailAfter(encode(
-            "partial", false,
-        )))],
+        vec![ScriptedWorker::new(Script::FailAfter(encode("partial", false)))],
     )
     .await?;
     let (status, response) = h.post_json("/v1/chat/completions", chat_body("hi")).await?;
     assert_eq!(status, 502);
     let error = error_of(&response);
     assert_eq!(error["type"], "server_error");
-    assert!(
-        !error["message"].as_str().unwrap().contains("scripted"),
-        "{response}"
-    );
+    assert!(!error["message"].as_str().unwrap().contains("scripted"), "{response}");
 
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
     let (status, events) = h.post_stream("/v1/chat/completions", body).await?;
     assert_eq!(status, 200);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
     error_of(chunks.last().unwrap());
     h.stop().await
@@ -329,10 +249,8 @@ async fn worker_rejections_and_failures() -> Result<()> {
 
 #[tokio::test]
 async fn a_silent_worker_times_out() -> Result<()> {
-    let config = FrontendConfig {
-        request_timeout: Duration::from_millis(300),
-        ..FrontendConfig::default()
-    };
+    let config =
+        FrontendConfig { request_timeout: Duration::from_millis(300), ..FrontendConfig::default() };
     let worker = ScriptedWorker::new(Script::Hang);
     let h = Harness::start(config, vec![worker.clone()]).await?;
     let started = std::time::Instant::now();
@@ -361,15 +279,11 @@ async fn a_client_that_goes_away_cancels_the_worker() -> Result<()> {
 
     // The stream also ends at the request's limit, with an error event.
     h.stop().await?;
-    let config = FrontendConfig {
-        request_timeout: Duration::from_millis(300),
-        ..FrontendConfig::default()
-    };
-    let h = Harness::start(
-        config,
-        vec![ScriptedWorker::new(Script::Endless(encode("more ", false)))],
-    )
-    .await?;
+    let config =
+        FrontendConfig { request_timeout: Duration::from_millis(300), ..FrontendConfig::default() };
+    let h =
+        Harness::start(config, vec![ScriptedWorker::new(Script::Endless(encode("more ", false)))])
+            .await?;
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
     let (status, events) = h.post_stream("/v1/chat/completions", body).await?;

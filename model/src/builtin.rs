@@ -8,19 +8,10 @@ use crate::{Error, ModelFiles, parse};
 pub(crate) const TINY_NAME: &str = "tiny";
 
 const TINY_FILES: &[(&str, &[u8])] = &[
-    (
-        parse::TOKENIZER_JSON,
-        include_bytes!("../builtin/tiny/tokenizer.json"),
-    ),
-    (
-        parse::TOKENIZER_CONFIG,
-        include_bytes!("../builtin/tiny/tokenizer_config.json"),
-    ),
+    (parse::TOKENIZER_JSON, include_bytes!("../builtin/tiny/tokenizer.json")),
+    (parse::TOKENIZER_CONFIG, include_bytes!("../builtin/tiny/tokenizer_config.json")),
     (parse::CONFIG, include_bytes!("../builtin/tiny/config.json")),
-    (
-        parse::GENERATION_CONFIG,
-        include_bytes!("../builtin/tiny/generation_config.json"),
-    ),
+    (parse::GENERATION_CONFIG, include_bytes!("../builtin/tiny/generation_config.json")),
 ];
 
 /// The embedded files of builtin model `name`, as (file name, bytes).

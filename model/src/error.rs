@@ -57,10 +57,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            error,
-        }
+        Error::Io { path: path.to_path_buf(), error }
     }
 }
 
@@ -68,9 +65,5 @@ fn display_paths(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return "nowhere".to_string();
     }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

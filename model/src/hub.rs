@@ -37,8 +37,7 @@ pub(crate) fn looks_like_repo_id(source: &str) -> bool {
                 && *p != "."
                 && *p != ".."
                 && !p.starts_with('~')
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
 }
 
@@ -66,9 +65,8 @@ pub(crate) fn snapshot_dir(hub_dir: &Path, repo_id: &str) -> Result<PathBuf, Pat
         .filter(|p| p.is_dir())
         .max_by_key(|p| {
             let has_tokenizer = p.join("tokenizer.json").exists();
-            let modified = std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let modified =
+                std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
             (has_tokenizer, modified, p.clone())
         })
         .ok_or(repo_dir)
@@ -81,11 +79,7 @@ mod tests {
     #[test]
     fn hub_dir_follows_huggingface_hub_precedence() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| OsString::from(v))
-            }
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
         };
         assert_eq!(
             hub_dir_from(env(&[("HOME", "/h")])),
@@ -115,16 +109,7 @@ mod tests {
         for ok in ["Qwen/Qwen3-0.6B", "gpt2", "meta-llama/Llama-3.1-8B_x"] {
             assert!(looks_like_repo_id(ok), "{ok}");
         }
-        for bad in [
-            "./m",
-            "/abs/path",
-            "a/b/c",
-            "../x",
-            "~/m",
-            "a//b",
-            "",
-            "a b/c",
-        ] {
+        for bad in ["./m", "/abs/path", "a/b/c", "../x", "~/m", "a//b", "", "a b/c"] {
             assert!(!looks_like_repo_id(bad), "{bad}");
         }
     }

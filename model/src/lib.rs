@@ -113,19 +113,14 @@ impl ModelFiles {
             return builtin::load(source, name);
         }
         if source.trim().is_empty() {
-            return Err(Error::NotFound {
-                requested: source.to_string(),
-                looked_in: Vec::new(),
-            });
+            return Err(Error::NotFound { requested: source.to_string(), looked_in: Vec::new() });
         }
         let path = Path::new(source);
         if path.is_dir() {
             return Self::from_dir_with_source(source, path);
         }
         if path.exists() {
-            return Err(Error::NotADirectory {
-                path: path.to_path_buf(),
-            });
+            return Err(Error::NotADirectory { path: path.to_path_buf() });
         }
         let mut looked_in = vec![path.to_path_buf()];
         if hub::looks_like_repo_id(source)
@@ -136,10 +131,7 @@ impl ModelFiles {
                 Err(repo_dir) => looked_in.push(repo_dir),
             }
         }
-        Err(Error::NotFound {
-            requested: source.to_string(),
-            looked_in,
-        })
+        Err(Error::NotFound { requested: source.to_string(), looked_in })
     }
 
     /// Loads a model directory (which must hold `tokenizer.json`); `source` is set to the path.
@@ -152,9 +144,7 @@ impl ModelFiles {
         let tokenizer_json: Arc<[u8]> = match std::fs::read(&tokenizer_path) {
             Ok(bytes) => bytes.into(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::MissingFile {
-                    path: tokenizer_path,
-                });
+                return Err(Error::MissingFile { path: tokenizer_path });
             }
             Err(e) => return Err(Error::io(&tokenizer_path, e)),
         };
@@ -206,10 +196,7 @@ impl ModelFiles {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         match &self.dir {
             None => {
-                let name = self
-                    .source
-                    .strip_prefix(BUILTIN_PREFIX)
-                    .unwrap_or(builtin::TINY_NAME);
+                let name = self.source.strip_prefix(BUILTIN_PREFIX).unwrap_or(builtin::TINY_NAME);
                 for (file, bytes) in builtin::files(name).ok_or_else(|| Error::UnknownBuiltin {
                     name: name.to_string(),
                     known: BUILTIN_NAMES.join(", "),

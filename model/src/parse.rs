@@ -60,19 +60,13 @@ pub(crate) fn parse(raw: &RawFiles) -> Result<(TokenizerConfig, ModelConfig), Er
 }
 
 fn json_err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Json {
-        file: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::Json { file: path.to_path_buf(), reason: reason.into() }
 }
 
 fn object(path: &Path, bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(json_err(
-            path,
-            format!("expected a JSON object, got {}", kind(&other)),
-        )),
+        Ok(other) => Err(json_err(path, format!("expected a JSON object, got {}", kind(&other)))),
         Err(e) => Err(json_err(path, format!("invalid JSON: {e}"))),
     }
 }
@@ -157,17 +151,11 @@ fn token_text(path: &Path, obj: &Map<String, Value>, key: &str) -> Result<Option
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(json_err(
-                path,
-                format!("`{key}`: token object without a string \"content\""),
-            )),
+            _ => Err(json_err(path, format!("`{key}`: token object without a string \"content\""))),
         },
         Some(other) => Err(json_err(
             path,
-            format!(
-                "`{key}`: expected a string or a token object, got {}",
-                kind(other)
-            ),
+            format!("`{key}`: expected a string or a token object, got {}", kind(other)),
         )),
     }
 }
@@ -187,12 +175,7 @@ fn lookup<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 fn as_u32(path: &Path, key: &str, v: &Value) -> Result<u32, Error> {
     v.as_u64()
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| {
-            json_err(
-                path,
-                format!("`{key}`: expected a non-negative integer, got {v}"),
-            )
-        })
+        .ok_or_else(|| json_err(path, format!("`{key}`: expected a non-negative integer, got {v}")))
 }
 
 fn opt_u32(path: &Path, obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, Error> {

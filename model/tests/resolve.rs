@@ -106,22 +106,14 @@ fn materialized_builtin_resolves_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let m = builtin();
     m.materialize(tmp.path()).unwrap();
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "config.json",
-        "generation_config.json",
-    ] {
+    for f in ["tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"] {
         assert!(tmp.path().join(f).is_file(), "{f}");
     }
     let d = ModelFiles::resolve(tmp.path().to_str().unwrap()).unwrap();
     assert_eq!(d.dir.as_deref(), Some(tmp.path()));
     assert_eq!(d.source, tmp.path().to_str().unwrap());
     assert_eq!(d.tokenizer_json, m.tokenizer_json);
-    assert_eq!(
-        d.tokenizer_config.chat_template,
-        m.tokenizer_config.chat_template
-    );
+    assert_eq!(d.tokenizer_config.chat_template, m.tokenizer_config.chat_template);
     assert_eq!(d.tokenizer_config.eos_token, m.tokenizer_config.eos_token);
     assert_eq!(d.config.eos_token_ids, m.config.eos_token_ids);
     assert_eq!(d.context_length(), m.context_length());
@@ -187,11 +179,7 @@ fn eos_token_object_and_id_list_parse() {
         "config.json",
         r#"{"eos_token_id": [128001, 128008, 128009], "bos_token_id": 128000, "vocab_size": 128256}"#,
     );
-    write(
-        d,
-        "generation_config.json",
-        r#"{"eos_token_id": [128009, 7], "bos_token_id": 5}"#,
-    );
+    write(d, "generation_config.json", r#"{"eos_token_id": [128009, 7], "bos_token_id": 5}"#);
     let m = ModelFiles::from_dir(d).unwrap();
     let t = &m.tokenizer_config;
     assert_eq!(t.bos_token.as_deref(), Some("<s>"));
@@ -210,11 +198,7 @@ fn separate_template_file_and_nested_text_config() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     write(d, "tokenizer.json", "{}");
-    write(
-        d,
-        "tokenizer_config.json",
-        r#"{"chat_template": "old", "model_max_length": 4096}"#,
-    );
+    write(d, "tokenizer_config.json", r#"{"chat_template": "old", "model_max_length": 4096}"#);
     write(d, "chat_template.jinja", "{{ messages }}");
     write(
         d,
@@ -222,10 +206,7 @@ fn separate_template_file_and_nested_text_config() {
         r#"{"text_config": {"max_position_embeddings": 32768, "eos_token_id": 1}}"#,
     );
     let m = ModelFiles::from_dir(d).unwrap();
-    assert_eq!(
-        m.tokenizer_config.chat_template.as_deref(),
-        Some("{{ messages }}")
-    );
+    assert_eq!(m.tokenizer_config.chat_template.as_deref(), Some("{{ messages }}"));
     assert_eq!(m.context_length(), Some(32768));
     assert_eq!(m.config.eos_token_ids, vec![1]);
 
@@ -255,25 +236,16 @@ fn missing_things_give_clear_errors() {
     let err = ModelFiles::resolve(missing.to_str().unwrap()).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.contains(missing.to_str().unwrap()) && msg.contains("builtin:tiny"),
-        "{msg}"
-    );
+    assert!(msg.contains(missing.to_str().unwrap()) && msg.contains("builtin:tiny"), "{msg}");
 
     // A directory without tokenizer.json names the file it wanted.
     let err = ModelFiles::resolve(tmp.path().to_str().unwrap()).unwrap_err();
     let want = tmp.path().join("tokenizer.json");
-    assert!(
-        matches!(&err, Error::MissingFile { path } if *path == want),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { path } if *path == want), "{err}");
     assert!(err.to_string().contains(want.to_str().unwrap()));
 
     let err = ModelFiles::resolve("builtin:huge").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "unknown builtin model `huge` (known: tiny)"
-    );
+    assert_eq!(err.to_string(), "unknown builtin model `huge` (known: tiny)");
 
     write(tmp.path(), "tokenizer.json", "{}");
     let err = ModelFiles::resolve(tmp.path().join("tokenizer.json").to_str().unwrap()).unwrap_err();
@@ -282,10 +254,7 @@ fn missing_things_give_clear_errors() {
     write(tmp.path(), "config.json", "{not json");
     let err = ModelFiles::from_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, Error::Json { .. }));
-    assert!(
-        err.to_string().contains("config.json: invalid JSON"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("config.json: invalid JSON"), "{err}");
 
     write(tmp.path(), "config.json", r#"{"eos_token_id": "two"}"#);
     let err = ModelFiles::from_dir(tmp.path()).unwrap_err();

@@ -69,13 +69,12 @@ impl FromStr for PolicyKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        PolicyKind::ALL
-            .into_iter()
-            .find(|kind| kind.name() == s)
-            .ok_or_else(|| Error::UnknownPolicy {
+        PolicyKind::ALL.into_iter().find(|kind| kind.name() == s).ok_or_else(|| {
+            Error::UnknownPolicy {
                 name: s.to_owned(),
                 known: PolicyKind::ALL.map(PolicyKind::name).join(", "),
-            })
+            }
+        })
     }
 }
 
@@ -118,18 +117,11 @@ mod tests {
 
     fn select_many(policy: &dyn Policy, n: usize, rounds: usize) -> Vec<usize> {
         let ids = candidates(n);
-        let view: Vec<Candidate<'_>> = ids
-            .iter()
-            .map(|id| Candidate {
-                instance_id: id,
-                in_flight: 0,
-            })
-            .collect();
+        let view: Vec<Candidate<'_>> =
+            ids.iter().map(|id| Candidate { instance_id: id, in_flight: 0 }).collect();
         let mut counts = vec![0; n];
         for _ in 0..rounds {
-            let i = policy
-                .select(&view, &RequestInfo::default())
-                .expect("a candidate");
+            let i = policy.select(&view, &RequestInfo::default()).expect("a candidate");
             counts[i] += 1;
         }
         counts
@@ -137,10 +129,7 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_evenly() {
-        assert_eq!(
-            select_many(&RoundRobin::default(), 3, 300),
-            vec![100, 100, 100]
-        );
+        assert_eq!(select_many(&RoundRobin::default(), 3, 300), vec![100, 100, 100]);
     }
 
     #[test]

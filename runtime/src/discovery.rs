@@ -32,18 +32,13 @@ pub struct Discovery {
 
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Discovery")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
+        f.debug_struct("Discovery").field("namespace", &self.namespace).finish_non_exhaustive()
     }
 }
 
 impl Discovery {
     pub fn new(store: Arc<dyn KvStore>, namespace: impl Into<String>) -> Discovery {
-        Discovery {
-            store,
-            namespace: namespace.into(),
-        }
+        Discovery { store, namespace: namespace.into() }
     }
 
     pub fn namespace(&self) -> &str {
@@ -73,31 +68,18 @@ impl Discovery {
         shutdown: CancellationToken,
     ) -> Result<Registration> {
         let key = self.instance_key(&record.instance_id);
-        let value = serde_json::to_vec(&record).map_err(|e| Error::Malformed {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| Error::Malformed { key: key.clone(), reason: e.to_string() })?;
         let lease = publish(self.store.as_ref(), &key, &value, ttl).await?;
         info!(instance = %record.instance_id, %key, "registered");
 
         let (lease_tx, lease_rx) = watch::channel(lease);
         let cancel = shutdown.child_token();
         let tasks = TaskTracker::new();
-        let keeper = KeepAlive {
-            store: self.store.clone(),
-            key,
-            value,
-            ttl,
-            lease: lease_tx,
-        };
+        let keeper = KeepAlive { store: self.store.clone(), key, value, ttl, lease: lease_tx };
         tasks.spawn(keeper.run(cancel.clone()));
         tasks.close();
-        Ok(Registration {
-            store: self.store.clone(),
-            lease: lease_rx,
-            cancel,
-            tasks,
-        })
+        Ok(Registration { store: self.store.clone(), lease: lease_rx, cancel, tasks })
     }
 
     /// Starts following the live instances of this namespace. The first snapshot is loaded
@@ -106,12 +88,7 @@ impl Discovery {
         let prefix = self.instances_prefix();
         let (events, records) = open_watch(self.store.as_ref(), &prefix).await?;
         let (tx, rx) = watch::channel(Arc::new(Instances::from_records(records.values())));
-        let follower = Follower {
-            store: self.store.clone(),
-            prefix,
-            records,
-            tx,
-        };
+        let follower = Follower { store: self.store.clone(), prefix, records, tx };
         let tasks = TaskTracker::new();
         tasks.spawn(follower.run(events, shutdown.clone()));
         tasks.close();
@@ -122,10 +99,7 @@ impl Discovery {
 async fn with_timeout<T>(what: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(STORE_CALL_TIMEOUT, fut)
         .await
-        .map_err(|_| Error::Timeout {
-            what,
-            after: STORE_CALL_TIMEOUT,
-        })?
+        .map_err(|_| Error::Timeout { what, after: STORE_CALL_TIMEOUT })?
 }
 
 async fn publish(store: &dyn KvStore, key: &str, value: &[u8], ttl: Duration) -> Result<LeaseId> {
@@ -215,11 +189,7 @@ impl Instances {
         let mut by_model: BTreeMap<String, Vec<Arc<InstanceRecord>>> = BTreeMap::new();
         let mut len = 0;
         for record in records {
-            let model = record
-                .card
-                .as_ref()
-                .map(|c| c.model.clone())
-                .unwrap_or_default();
+            let model = record.card.as_ref().map(|c| c.model.clone()).unwrap_or_default();
             by_model.entry(model).or_default().push(record.clone());
             len += 1;
         }
@@ -231,9 +201,7 @@ impl Instances {
 
     /// Each served model with its live instances, sorted by model name.
     pub fn models(&self) -> impl Iterator<Item = (&str, &[Arc<InstanceRecord>])> {
-        self.by_model
-            .iter()
-            .map(|(model, list)| (model.as_str(), list.as_slice()))
+        self.by_model.iter().map(|(model, list)| (model.as_str(), list.as_slice()))
     }
 
     /// The live instances serving `model`, sorted by instance id; empty when none.

@@ -35,13 +35,9 @@ async fn within<T>(what: &str, limit: Duration, future: impl Future<Output = T>)
 }
 
 async fn connect(endpoint: String) -> EtcdStore {
-    within(
-        "connect",
-        CONNECT_TIMEOUT * 2,
-        EtcdStore::connect(&[endpoint], CONNECT_TIMEOUT),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect: {e}"))
+    within("connect", CONNECT_TIMEOUT * 2, EtcdStore::connect(&[endpoint], CONNECT_TIMEOUT))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
 async fn next_event(watch: &mut WatchStream, what: &str) -> WatchEvent {
@@ -61,16 +57,11 @@ async fn next_events(watch: &mut WatchStream, n: usize, what: &str) -> BTreeSet<
 }
 
 fn put(key: &str, value: &[u8]) -> WatchEvent {
-    WatchEvent::Put {
-        key: key.to_owned(),
-        value: value.to_vec(),
-    }
+    WatchEvent::Put { key: key.to_owned(), value: value.to_vec() }
 }
 
 fn delete(key: &str) -> WatchEvent {
-    WatchEvent::Delete {
-        key: key.to_owned(),
-    }
+    WatchEvent::Delete { key: key.to_owned() }
 }
 
 fn as_set(events: &[WatchEvent]) -> BTreeSet<String> {
@@ -92,12 +83,7 @@ async fn put_eventually(store: &EtcdStore, key: &str, value: &[u8]) {
 async fn conformance_suite_passes_against_etcd() {
     let etcd = EtcdServer::start();
     let store = connect(etcd.endpoint()).await;
-    within(
-        "conformance suite",
-        SUITE_TIMEOUT,
-        conformance::run_all(Arc::new(store)),
-    )
-    .await;
+    within("conformance suite", SUITE_TIMEOUT, conformance::run_all(Arc::new(store))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,12 +94,8 @@ async fn connect_to_a_port_with_nothing_listening_fails_fast_and_clearly() {
     };
     let endpoint = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
-    let outcome = within(
-        "connect",
-        STEP_TIMEOUT * 2,
-        EtcdStore::connect(&[endpoint], STEP_TIMEOUT),
-    )
-    .await;
+    let outcome =
+        within("connect", STEP_TIMEOUT * 2, EtcdStore::connect(&[endpoint], STEP_TIMEOUT)).await;
     let elapsed = started.elapsed();
     match outcome {
         Err(error @ Error::Connect { .. }) => {
@@ -122,28 +104,14 @@ async fn connect_to_a_port_with_nothing_listening_fails_fast_and_clearly() {
                 message.starts_with(&format!("cannot reach etcd at http://127.0.0.1:{port}: ")),
                 "unclear message: {message}"
             );
-            assert!(
-                message.contains("refused"),
-                "the reason is missing: {message}"
-            );
+            assert!(message.contains("refused"), "the reason is missing: {message}");
         }
         other => panic!("expected Error::Connect, got {other:?}"),
     }
     // Refused at once rather than waited out: the connect timeout was never the answer.
-    assert!(
-        elapsed < STEP_TIMEOUT,
-        "took {elapsed:?}, as long as the connect timeout"
-    );
-    let none = within(
-        "connect",
-        STEP_TIMEOUT,
-        EtcdStore::connect(&[], STEP_TIMEOUT),
-    )
-    .await;
-    assert!(
-        matches!(none, Err(Error::Config(_))),
-        "no endpoint: {none:?}"
-    );
+    assert!(elapsed < STEP_TIMEOUT, "took {elapsed:?}, as long as the connect timeout");
+    let none = within("connect", STEP_TIMEOUT, EtcdStore::connect(&[], STEP_TIMEOUT)).await;
+    assert!(matches!(none, Err(Error::Config(_))), "no endpoint: {none:?}");
 }
 
 /// One watch, held across a restart on the same data directory (nothing lost, so nothing
@@ -151,16 +119,10 @@ async fn connect_to_a_port_with_nothing_listening_fails_fast_and_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_etcd_restarts() {
     let mut etcd = EtcdServer::start();
-    let store = connect(etcd.endpoint())
-        .await
-        .with_call_timeout(Duration::from_secs(2));
+    let store = connect(etcd.endpoint()).await.with_call_timeout(Duration::from_secs(2));
     let prefix = "/switchyard/restart/instances/";
-    let (a, b, c, d) = (
-        format!("{prefix}a"),
-        format!("{prefix}b"),
-        format!("{prefix}c"),
-        format!("{prefix}d"),
-    );
+    let (a, b, c, d) =
+        (format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}c"), format!("{prefix}d"));
     put_eventually(&store, &a, b"a1").await;
     put_eventually(&store, &b, b"b1").await;
     let mut watch = within("watch", STEP_TIMEOUT, store.watch_prefix(prefix))
@@ -179,25 +141,16 @@ async fn watch_survives_etcd_restarts() {
         }
         other => panic!("get with etcd down: expected Connect or Timeout, got {other:?}"),
     }
-    eprintln!(
-        "get with etcd down failed after {:?}: {down:?}",
-        asked.elapsed()
-    );
+    eprintln!("get with etcd down failed after {:?}: {down:?}", asked.elapsed());
 
     let restarted = Instant::now();
     etcd.restart();
-    eprintln!(
-        "etcd restarted on its data dir in {:?}",
-        restarted.elapsed()
-    );
+    eprintln!("etcd restarted on its data dir in {:?}", restarted.elapsed());
     let back = Instant::now();
     put_eventually(&store, &c, b"c1").await;
     let put_at = back.elapsed();
     // The unchanged keys are not re-emitted: the first event is the new put.
-    assert_eq!(
-        next_event(&mut watch, "put after restart").await,
-        put(&c, b"c1")
-    );
+    assert_eq!(next_event(&mut watch, "put after restart").await, put(&c, b"c1"));
     eprintln!(
         "after the restart: put through in {put_at:?}, seen by the old watch in {:?}",
         back.elapsed()
@@ -207,25 +160,12 @@ async fn watch_survives_etcd_restarts() {
     let back = Instant::now();
     put_eventually(&store, &d, b"d1").await;
     let after_wipe = next_events(&mut watch, 4, "events after the wipe").await;
-    assert_eq!(
-        after_wipe,
-        as_set(&[delete(&a), delete(&b), delete(&c), put(&d, b"d1")])
-    );
-    eprintln!(
-        "after the wiped restart: differences seen in {:?}",
-        back.elapsed()
-    );
+    assert_eq!(after_wipe, as_set(&[delete(&a), delete(&b), delete(&c), put(&d, b"d1")]));
+    eprintln!("after the wiped restart: differences seen in {:?}", back.elapsed());
 
     // And it keeps following the new etcd.
-    assert!(
-        within("delete", STEP_TIMEOUT, store.delete(&d))
-            .await
-            .expect("delete")
-    );
-    assert_eq!(
-        next_event(&mut watch, "delete after the wipe").await,
-        delete(&d)
-    );
+    assert!(within("delete", STEP_TIMEOUT, store.delete(&d)).await.expect("delete"));
+    assert_eq!(next_event(&mut watch, "delete after the wipe").await, delete(&d));
 }
 
 /// The watcher loses its connection (a proxy in front of etcd is cut) while etcd stays up and
@@ -252,37 +192,21 @@ async fn watch_reports_changes_made_while_it_was_disconnected() {
         .await
         .unwrap_or_else(|e| panic!("watch: {e}"));
     let existing = next_events(&mut watch, 3, "existing keys").await;
-    assert_eq!(
-        existing,
-        as_set(&[put(&kept, b"1"), put(&gone, b"1"), put(&changed, b"1")])
-    );
+    assert_eq!(existing, as_set(&[put(&kept, b"1"), put(&gone, b"1"), put(&changed, b"1")]));
 
     proxy.cut().await;
-    assert!(
-        within("delete", STEP_TIMEOUT, direct.delete(&gone))
-            .await
-            .expect("delete")
-    );
+    assert!(within("delete", STEP_TIMEOUT, direct.delete(&gone)).await.expect("delete"));
     put_eventually(&direct, &changed, b"2").await;
     put_eventually(&direct, &added, b"1").await;
     // Nothing reaches the watcher while it is cut off.
     let quiet = tokio::time::timeout(Duration::from_secs(1), watch.next()).await;
-    assert!(
-        quiet.is_err(),
-        "an event came through a cut connection: {quiet:?}"
-    );
+    assert!(quiet.is_err(), "an event came through a cut connection: {quiet:?}");
 
     proxy.resume().await;
     let caught_up = next_events(&mut watch, 3, "changes made while disconnected").await;
-    assert_eq!(
-        caught_up,
-        as_set(&[delete(&gone), put(&changed, b"2"), put(&added, b"1")])
-    );
+    assert_eq!(caught_up, as_set(&[delete(&gone), put(&changed, b"2"), put(&added, b"1")]));
     put_eventually(&direct, &kept, b"2").await;
-    assert_eq!(
-        next_event(&mut watch, "put after resume").await,
-        put(&kept, b"2")
-    );
+    assert_eq!(next_event(&mut watch, "put after resume").await, put(&kept, b"2"));
 }
 
 /// A watch's background task, and with it the watch on the etcd server, ends when its stream is
@@ -309,20 +233,12 @@ async fn dropped_or_closed_watches_end_on_the_server() {
     drop(watch);
     watchers(0.0).await;
 
-    let mut watch = within(
-        "watch",
-        STEP_TIMEOUT,
-        store.clone().watch_prefix("/closed/"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("watch: {e}"));
+    let mut watch = within("watch", STEP_TIMEOUT, store.clone().watch_prefix("/closed/"))
+        .await
+        .unwrap_or_else(|e| panic!("watch: {e}"));
     watchers(1.0).await;
     within("close", STEP_TIMEOUT, store.close()).await;
-    assert_eq!(
-        within("watch end", STEP_TIMEOUT, watch.next()).await,
-        None,
-        "closed watch ends"
-    );
+    assert_eq!(within("watch end", STEP_TIMEOUT, watch.next()).await, None, "closed watch ends");
     watchers(0.0).await;
 }
 
@@ -340,10 +256,7 @@ async fn registration_comes_back_after_etcd_loses_its_data() {
         instance_id: "worker-1".to_owned(),
         namespace: "wipe".to_owned(),
         address: "127.0.0.1:1".to_owned(),
-        card: Some(ModelCard {
-            model: "m".to_owned(),
-            ..ModelCard::default()
-        }),
+        card: Some(ModelCard { model: "m".to_owned(), ..ModelCard::default() }),
         transport: "tcp".to_owned(),
         ..InstanceRecord::default()
     };
@@ -355,13 +268,10 @@ async fn registration_comes_back_after_etcd_loses_its_data() {
     )
     .await
     .unwrap_or_else(|e| panic!("register: {e}"));
-    let instances = within(
-        "watch instances",
-        STEP_TIMEOUT,
-        frontend.watch_instances(shutdown.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("watch instances: {e}"));
+    let instances =
+        within("watch instances", STEP_TIMEOUT, frontend.watch_instances(shutdown.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("watch instances: {e}"));
     assert_eq!(instances.current().for_model("m").len(), 1);
 
     etcd.restart_wiped();
@@ -375,30 +285,19 @@ async fn registration_comes_back_after_etcd_loses_its_data() {
         }
     })
     .await;
-    eprintln!(
-        "registered again {:?} after etcd came back empty",
-        back.elapsed()
-    );
+    eprintln!("registered again {:?} after etcd came back empty", back.elapsed());
     let mut snapshots = instances.subscribe();
-    within(
-        "instance back in view",
-        RECOVERY_TIMEOUT,
-        snapshots.wait_for(|s| s.len() == 1),
-    )
-    .await
-    .expect("the instance watch ended");
+    within("instance back in view", RECOVERY_TIMEOUT, snapshots.wait_for(|s| s.len() == 1))
+        .await
+        .expect("the instance watch ended");
 
     // The view follows the new etcd: deregistering empties it.
     within("deregister", STEP_TIMEOUT, registration.deregister())
         .await
         .unwrap_or_else(|e| panic!("deregister: {e}"));
-    within(
-        "instance gone from view",
-        RECOVERY_TIMEOUT,
-        snapshots.wait_for(|s| s.is_empty()),
-    )
-    .await
-    .expect("the instance watch ended");
+    within("instance gone from view", RECOVERY_TIMEOUT, snapshots.wait_for(|s| s.is_empty()))
+        .await
+        .expect("the instance watch ended");
     shutdown.cancel();
     within("watch stops", STEP_TIMEOUT, instances.stopped()).await;
 }
@@ -416,12 +315,8 @@ impl Proxy {
     async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
-        let mut proxy = Proxy {
-            address,
-            target,
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        };
+        let mut proxy =
+            Proxy { address, target, stop: CancellationToken::new(), tasks: TaskTracker::new() };
         proxy.serve(listener);
         proxy
     }

@@ -71,10 +71,7 @@ impl PlaneHarness for TcpHarness {
             let listener = TcpListener::from_std(listener).unwrap();
             serve(listener, handler, CancellationToken::new()).await
         });
-        Box::new(TcpServer {
-            address,
-            runtime: Some(runtime),
-        })
+        Box::new(TcpServer { address, runtime: Some(runtime) })
     }
 
     fn client(&self) -> Arc<dyn RequestClient> {
@@ -89,17 +86,13 @@ impl PlaneHarness for TcpHarness {
 }
 
 fn harness() -> TcpHarness {
-    TcpHarness {
-        client: Arc::new(TcpClient::new(TcpClientConfig::default())),
-    }
+    TcpHarness { client: Arc::new(TcpClient::new(TcpClientConfig::default())) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_plane_suite() {
     let harness = harness();
-    timeout(Duration::from_secs(180), conformance::run_all(&harness))
-        .await
-        .expect("in time");
+    timeout(Duration::from_secs(180), conformance::run_all(&harness)).await.expect("in time");
 }
 
 /// A server on this test's runtime, stopped by its token and owned by `tracker`.
@@ -107,27 +100,16 @@ async fn start_server(
     tracker: &TaskTracker,
     handler: Arc<dyn GenerateHandler>,
     config: TcpServerConfig,
-) -> (
-    String,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<()>>,
-) {
+) -> (String, CancellationToken, tokio::task::JoinHandle<Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
-    let served = tracker.spawn(serve_with_config(
-        listener,
-        handler,
-        shutdown.clone(),
-        config,
-    ));
+    let served = tracker.spawn(serve_with_config(listener, handler, shutdown.clone(), config));
     (address, shutdown, served)
 }
 
 async fn next(stream: &mut ChunkStream) -> Option<Result<GenerateChunk>> {
-    timeout(LIMIT, stream.next())
-        .await
-        .expect("an item in time")
+    timeout(LIMIT, stream.next()).await.expect("an item in time")
 }
 
 #[tokio::test]
@@ -138,20 +120,15 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_ones() {
     let (address, shutdown, served) =
         start_server(&tracker, handler.clone(), TcpServerConfig::default()).await;
     let client = TcpClient::new(TcpClientConfig::default());
-    let mut stream = timeout(LIMIT, client.generate(&address, request("drain", CHUNKS)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut stream =
+        timeout(LIMIT, client.generate(&address, request("drain", CHUNKS))).await.unwrap().unwrap();
     assert!(matches!(next(&mut stream).await, Some(Ok(_))));
 
     shutdown.cancel();
     // While the old stream drains, a new connection is refused at once (not parked in the
     // listen backlog until it times out), so its caller turns to another worker.
     let fresh = TcpClient::new(TcpClientConfig::default());
-    match timeout(LIMIT, fresh.generate(&address, request("late", 1)))
-        .await
-        .unwrap()
-    {
+    match timeout(LIMIT, fresh.generate(&address, request("late", 1))).await.unwrap() {
         Err(Error::Connect { .. }) => {}
         Err(other) => panic!("expected Error::Connect during shutdown, got {other}"),
         Ok(_) => panic!("a stopping server took a new request"),
@@ -162,15 +139,8 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_ones() {
         last = Some(item.expect("in-flight chunks keep coming during the grace"));
     }
     let last = last.expect("more chunks after shutdown began");
-    assert_eq!(
-        (last.seq, last.finish_reason()),
-        (u64::from(CHUNKS) - 1, FinishReason::Length)
-    );
-    timeout(LIMIT, served)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("serve ends cleanly");
+    assert_eq!((last.seq, last.finish_reason()), (u64::from(CHUNKS) - 1, FinishReason::Length));
+    timeout(LIMIT, served).await.unwrap().unwrap().expect("serve ends cleanly");
     assert_eq!(handler.dropped_early(), 0, "nothing was cut short");
 }
 
@@ -178,9 +148,7 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_ones() {
 async fn streams_past_the_grace_end_with_a_shutting_down_chunk() {
     let tracker = TaskTracker::new();
     let handler = TestHandler::new(Script::Complete);
-    let config = TcpServerConfig {
-        shutdown_grace: Duration::from_millis(300),
-    };
+    let config = TcpServerConfig { shutdown_grace: Duration::from_millis(300) };
     let (address, shutdown, served) = start_server(&tracker, handler.clone(), config).await;
     let client = TcpClient::new(TcpClientConfig::default());
     let mut stream = timeout(LIMIT, client.generate(&address, request("long", 1_000_000)))
@@ -192,39 +160,18 @@ async fn streams_past_the_grace_end_with_a_shutting_down_chunk() {
     shutdown.cancel();
     let mut expected_seq = 1;
     let last = loop {
-        let chunk = next(&mut stream)
-            .await
-            .expect("a final chunk")
-            .expect("no transport error");
-        assert_eq!(
-            chunk.seq, expected_seq,
-            "the shutdown chunk continues the sequence"
-        );
+        let chunk = next(&mut stream).await.expect("a final chunk").expect("no transport error");
+        assert_eq!(chunk.seq, expected_seq, "the shutdown chunk continues the sequence");
         expected_seq += 1;
         if chunk.error.is_some() {
             break chunk;
         }
     };
     let error = last.error.expect("the error");
-    assert_eq!(
-        error.kind(),
-        ErrorKind::ShuttingDown,
-        "the caller may retry elsewhere"
-    );
-    assert!(
-        next(&mut stream).await.is_none(),
-        "the shutdown chunk is the last"
-    );
-    timeout(LIMIT, served)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("serve ends cleanly");
-    assert_eq!(
-        handler.dropped_early(),
-        1,
-        "the handler's stream was cancelled"
-    );
+    assert_eq!(error.kind(), ErrorKind::ShuttingDown, "the caller may retry elsewhere");
+    assert!(next(&mut stream).await.is_none(), "the shutdown chunk is the last");
+    timeout(LIMIT, served).await.unwrap().unwrap().expect("serve ends cleanly");
+    assert_eq!(handler.dropped_early(), 1, "the handler's stream was cancelled");
 }
 
 /// Sends one chunk, then nothing, and says when its stream is dropped.
@@ -257,29 +204,17 @@ impl GenerateHandler for SilentHandler {
 async fn a_silent_worker_times_out_and_is_cancelled() {
     let tracker = TaskTracker::new();
     let dropped = Arc::new(AtomicBool::new(false));
-    let handler = Arc::new(SilentHandler {
-        dropped: Arc::clone(&dropped),
-    });
+    let handler = Arc::new(SilentHandler { dropped: Arc::clone(&dropped) });
     let (address, shutdown, _served) =
         start_server(&tracker, handler, TcpServerConfig::default()).await;
-    let config = TcpClientConfig {
-        chunk_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
+    let config =
+        TcpClientConfig { chunk_timeout: Duration::from_millis(500), ..Default::default() };
     let client = TcpClient::new(config);
-    let mut stream = timeout(LIMIT, client.generate(&address, request("silent", 5)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut stream =
+        timeout(LIMIT, client.generate(&address, request("silent", 5))).await.unwrap().unwrap();
     assert!(matches!(next(&mut stream).await, Some(Ok(_))));
-    assert!(matches!(
-        next(&mut stream).await,
-        Some(Err(Error::Timeout { .. }))
-    ));
-    assert!(
-        next(&mut stream).await.is_none(),
-        "the timeout is the last item"
-    );
+    assert!(matches!(next(&mut stream).await, Some(Err(Error::Timeout { .. }))));
+    assert!(next(&mut stream).await.is_none(), "the timeout is the last item");
     timeout(LIMIT, async {
         while !dropped.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;

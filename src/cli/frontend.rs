@@ -66,12 +66,9 @@ pub struct FrontendArgs {
 }
 
 pub async fn run(args: FrontendArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let discovery = args.store.open()?;
+    let discovery = args.store.open().await?;
     let listener = args.http.bind().await?;
-    println!(
-        "switchyard frontend listening on http://{}",
-        listener.local_addr()?
-    );
+    println!("switchyard frontend listening on http://{}", listener.local_addr()?);
     serve(listener, &args.http, discovery, shutdown).await
 }
 

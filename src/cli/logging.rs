@@ -7,8 +7,5 @@ pub fn init(filter: &str) {
         eprintln!("invalid --log filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

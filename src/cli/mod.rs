@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per role, each flag also read from a
 //! `SWITCHYARD_…` environment variable (names in [`crate::env_names`]).
 
+pub mod bench;
 pub mod frontend;
 pub mod logging;
 pub mod shutdown;
@@ -13,11 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::env_names as env;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "A router and worker fabric for LLM inference"
-)]
+#[command(name = "switchyard", version, about = "A router and worker fabric for LLM inference")]
 pub struct Cli {
     /// Log filter, e.g. `info` or `switchyard_frontend=debug,info`.
     #[arg(long, env = env::LOG, default_value = "info", global = true)]
@@ -35,6 +32,8 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Run a whole local topology: a frontend and N simulated workers.
     Up(up::UpArgs),
+    /// Benchmark a server or local topologies (sglang.bench_serving's flags and JSONL).
+    Bench(Box<bench::BenchArgs>),
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -42,5 +41,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Frontend(args) => frontend::run(args, shutdown::on_signal()).await,
         Command::Worker(args) => worker::run(args, shutdown::on_signal()).await,
         Command::Up(args) => up::run(args, shutdown::on_signal()).await,
+        Command::Bench(args) => bench::run(*args, shutdown::on_signal()).await,
     }
 }

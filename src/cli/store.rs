@@ -6,16 +6,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use switchyard_runtime::store::etcd::EtcdStore;
 use switchyard_runtime::store::file::FileStore;
 use switchyard_runtime::store::memory::MemoryStore;
 use switchyard_runtime::{Discovery, KvStore};
 
 use crate::env_names as env;
 
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
     /// A directory shared by the processes of one machine.
     File,
+    /// etcd: for workers and frontends on several machines.
+    Etcd,
     /// In this process only (`switchyard up --store memory`).
     Memory,
 }
@@ -30,6 +35,11 @@ pub struct StoreArgs {
     #[arg(long, env = env::STORE_DIR)]
     pub store_dir: Option<PathBuf>,
 
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; also read from
+    /// ETCD_ENDPOINTS].
+    #[arg(long, env = env::ETCD_ENDPOINTS, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+
     /// Namespace: frontends see only the workers of their namespace.
     #[arg(long, env = env::NAMESPACE, default_value = "default")]
     pub namespace: String,
@@ -41,9 +51,7 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn store_dir(&self) -> PathBuf {
-        self.store_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-store"))
+        self.store_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("switchyard-store"))
     }
 
     pub fn lease_ttl(&self) -> anyhow::Result<Duration> {
@@ -53,8 +61,17 @@ impl StoreArgs {
             .with_context(|| format!("--lease-ttl-secs {} must be >= 0.3", self.lease_ttl_secs))
     }
 
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        if !self.etcd_endpoints.is_empty() {
+            return self.etcd_endpoints.clone();
+        }
+        let compat = env::compat(env::ETCD_ENDPOINTS_COMPAT);
+        let list = compat.as_deref().unwrap_or("http://127.0.0.1:2379");
+        list.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect()
+    }
+
     /// Opens the store for a process that runs on its own (not inside `switchyard up`).
-    pub fn open(&self) -> anyhow::Result<Discovery> {
+    pub async fn open(&self) -> anyhow::Result<Discovery> {
         let store: Arc<dyn KvStore> = match self.store {
             StoreKind::File => {
                 let dir = self.store_dir();
@@ -62,6 +79,18 @@ impl StoreArgs {
                     FileStore::open(&dir)
                         .with_context(|| format!("opening the file store in {}", dir.display()))?,
                 )
+            }
+            StoreKind::Etcd => {
+                let endpoints = self.etcd_endpoints();
+                let store = EtcdStore::connect(&endpoints, ETCD_CONNECT_TIMEOUT)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "connecting to etcd at {} (is it running? set --etcd-endpoints)",
+                            endpoints.join(",")
+                        )
+                    })?;
+                Arc::new(store)
             }
             StoreKind::Memory => anyhow::bail!(
                 "--store memory lives inside one process: use it with `switchyard up`, \

@@ -45,6 +45,20 @@ pub struct UpArgs {
     pub store: StoreArgs,
 }
 
+impl UpArgs {
+    /// The arguments `switchyard up FLAGS…` would run with (the environment read as usual), for
+    /// callers that start a local topology themselves, such as the bench's topology runner.
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<UpArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Up {
+            #[command(flatten)]
+            up: UpArgs,
+        }
+        let argv = std::iter::once("up").chain(flags.iter().map(AsRef::as_ref));
+        <Up as clap::Parser>::try_parse_from(argv).map(|parsed| parsed.up)
+    }
+}
+
 pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = args.http.bind().await?;
     let topology = LocalTopology::start(&args, listener, shutdown.clone()).await?;
@@ -84,23 +98,15 @@ impl LocalTopology {
             return Err(e);
         }
         let addr = listener.local_addr()?;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
+        let host =
+            if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
         let url = format!("http://{host}:{}", addr.port());
         let (http, discovery, token) = (args.http.clone(), workers.discovery.clone(), stop.clone());
         let frontend =
             tokio::spawn(
                 async move { super::frontend::serve(listener, &http, discovery, token).await },
             );
-        Ok(LocalTopology {
-            workers,
-            frontend,
-            url,
-            stop,
-        })
+        Ok(LocalTopology { workers, frontend, url, stop })
     }
 
     /// Base URL of the frontend, e.g. `http://127.0.0.1:8000`.
@@ -147,10 +153,7 @@ impl Topology {
                 let discovery = args.store.open_memory();
                 for _ in 0..args.workers {
                     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-                    let config = WorkerConfig {
-                        lease_ttl,
-                        ..WorkerConfig::default()
-                    };
+                    let config = WorkerConfig { lease_ttl, ..WorkerConfig::default() };
                     let (serve, discovery, stop) =
                         (args.serve.clone(), discovery.clone(), shutdown.clone());
                     tasks.spawn(async move {
@@ -161,30 +164,24 @@ impl Topology {
                         }
                     });
                 }
-                Topology {
-                    discovery,
-                    tasks,
-                    temp_store_dir: None,
-                }
+                Topology { discovery, tasks, temp_store_dir: None }
             }
-            StoreKind::File => {
+            StoreKind::File | StoreKind::Etcd => {
                 let (store, temp_store_dir) = match &args.store.store_dir {
                     Some(_) => (args.store.clone(), None),
+                    None if args.store.store == StoreKind::Etcd => (args.store.clone(), None),
                     None => {
                         let dir = std::env::temp_dir()
                             .join(format!("switchyard-up-{}", std::process::id()));
                         std::fs::create_dir_all(&dir)
                             .with_context(|| format!("creating {}", dir.display()))?;
                         (
-                            StoreArgs {
-                                store_dir: Some(dir.clone()),
-                                ..args.store.clone()
-                            },
+                            StoreArgs { store_dir: Some(dir.clone()), ..args.store.clone() },
                             Some(dir),
                         )
                     }
                 };
-                let discovery = store.open()?;
+                let discovery = store.open().await?;
                 let exe = std::env::current_exe().context("locating the switchyard binary")?;
                 for i in 0..args.workers {
                     let child = Command::new(&exe)
@@ -195,11 +192,7 @@ impl Topology {
                         .with_context(|| format!("starting worker {i}"))?;
                     tasks.spawn(supervise(i, child, shutdown.clone()));
                 }
-                Topology {
-                    discovery,
-                    tasks,
-                    temp_store_dir,
-                }
+                Topology { discovery, tasks, temp_store_dir }
             }
         };
         topology.tasks.close();
@@ -207,10 +200,7 @@ impl Topology {
     }
 
     async fn wait_ready(&self, args: &UpArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let watch = self
-            .discovery
-            .watch_instances(shutdown.child_token())
-            .await?;
+        let watch = self.discovery.watch_instances(shutdown.child_token()).await?;
         let mut rx = watch.subscribe();
         let ready = async {
             loop {
@@ -250,8 +240,16 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
         args.push(format!("--{name}").into());
         args.push(value.into());
     };
-    flag("store", "file".into());
-    flag("store-dir", store.store_dir().display().to_string());
+    match store.store {
+        StoreKind::Etcd => {
+            flag("store", "etcd".into());
+            flag("etcd-endpoints", store.etcd_endpoints().join(","));
+        }
+        StoreKind::File | StoreKind::Memory => {
+            flag("store", "file".into());
+            flag("store-dir", store.store_dir().display().to_string());
+        }
+    }
     flag("namespace", store.namespace.clone());
     flag("lease-ttl-secs", store.lease_ttl_secs.to_string());
     flag("model-path", serve.model_path.clone());
@@ -262,10 +260,7 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("block-size", m.block_size.to_string());
     flag("num-gpu-blocks", m.num_gpu_blocks.to_string());
     flag("max-num-seqs", m.max_num_seqs.to_string());
-    flag(
-        "max-num-batched-tokens",
-        m.max_num_batched_tokens.to_string(),
-    );
+    flag("max-num-batched-tokens", m.max_num_batched_tokens.to_string());
     flag("speedup-ratio", m.speedup_ratio.to_string());
     flag("prefix-caching", m.prefix_caching.to_string());
     flag("eos-probability", m.eos_probability.to_string());

@@ -129,7 +129,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(parent) = args.parent_pid {
         super::shutdown::with_parent(parent, shutdown.clone());
     }
-    let discovery = args.store.open()?;
+    let discovery = args.store.open().await?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding the worker to {}:{}", args.host, args.port))?;
@@ -170,10 +170,9 @@ async fn start_engine(
     // Frontends in other processes resolve the tokenizer from this; a relative directory
     // would mean something else in their working directory.
     let tokenizer_source = match &files.dir {
-        Some(dir) if std::path::Path::new(&args.model_path).is_dir() => std::path::absolute(dir)
-            .unwrap_or_else(|_| dir.clone())
-            .display()
-            .to_string(),
+        Some(dir) if std::path::Path::new(&args.model_path).is_dir() => {
+            std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string()
+        }
         _ => args.model_path.clone(),
     };
     match args.engine {

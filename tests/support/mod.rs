@@ -40,11 +40,7 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {limit:?}",
-                self.name
-            );
+            assert!(Instant::now() < deadline, "{} did not exit within {limit:?}", self.name);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -66,10 +62,7 @@ pub fn spawn(name: &str, args: &[&str]) -> Proc {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    Proc {
-        name: name.to_owned(),
-        child,
-    }
+    Proc { name: name.to_owned(), child }
 }
 
 /// Reads the child's stdout until a line containing `marker`; returns that line. Further
@@ -77,55 +70,99 @@ pub fn spawn(name: &str, args: &[&str]) -> Proc {
 pub fn wait_for_line(proc: &mut Proc, marker: &str) -> String {
     let stdout = proc.child.stdout.take().expect("stdout piped");
     let (tx, rx) = mpsc::channel();
-    let marker = marker.to_owned();
+    let wanted = marker.to_owned();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if !sent && line.contains(&marker) {
+            if !sent && line.contains(&wanted) {
                 let _ = tx.send(line);
                 sent = true;
             }
         }
     });
-    rx.recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("{} printed no {marker:?}", proc.name))
+    rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("{} printed no {marker:?}", proc.name))
 }
 
 /// Extracts `http://host:port` from a line.
 pub fn url_in(line: &str) -> String {
-    let start = line
-        .find("http://")
-        .unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let start = line.find("http://").unwrap_or_else(|| panic!("no URL in {line:?}"));
     let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == ';')
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| c.is_whitespace() || c == ';').unwrap_or(rest.len());
     rest[..end].trim_end_matches("/v1").to_owned()
 }
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Flags shared by the workers of these tests: fast simulation, short leases.
-pub const FAST_WORKER: &[&str] = &[
-    "--speedup-ratio",
-    "50",
-    "--lease-ttl-secs",
-    "2",
-    "--drain-timeout-secs",
-    "10",
-];
+pub const FAST_WORKER: &[&str] = &["--lease-ttl-secs", "2", "--drain-timeout-secs", "10"];
 
-/// A frontend and its workers on one file store.
-pub struct Topology {
+#[path = "../../runtime/tests/support/etcd_server.rs"]
+pub mod etcd_server;
+
+/// Which discovery store and request plane a topology runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    File,
+    Etcd,
+}
+
+/// Which request plane a topology runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneMode {
+    Tcp,
+}
+
+/// A store and a request plane: one of the topologies every end-to-end test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    pub store: StoreMode,
+    pub plane: PlaneMode,
+}
+
+impl Mode {
+    pub const FILE_TCP: Mode = Mode { store: StoreMode::File, plane: PlaneMode::Tcp };
+    pub const ETCD_TCP: Mode = Mode { store: StoreMode::Etcd, plane: PlaneMode::Tcp };
+}
+
+/// The servers a topology's mode needs, owned (and stopped) by the topology.
+pub struct Servers {
     pub store_dir: tempfile::TempDir,
+    pub etcd: Option<etcd_server::EtcdServer>,
+    /// Flags that point a process at the store.
+    pub store_flags: Vec<String>,
+}
+
+impl Servers {
+    pub fn start(mode: Mode) -> Servers {
+        let store = mode.store;
+        let store_dir = tempfile::tempdir().unwrap();
+        let (etcd, store_flags) = match store {
+            StoreMode::File => {
+                let dir = store_dir.path().to_str().unwrap().to_owned();
+                (None, vec!["--store".into(), "file".into(), "--store-dir".into(), dir])
+            }
+            StoreMode::Etcd => {
+                let etcd = etcd_server::EtcdServer::start();
+                let flags = vec![
+                    "--store".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    etcd.endpoint(),
+                ];
+                (Some(etcd), flags)
+            }
+        };
+        Servers { store_dir, etcd, store_flags }
+    }
+}
+
+/// A frontend and its workers on one store.
+pub struct Topology {
+    pub servers: Servers,
     pub frontend: Proc,
     pub workers: Vec<Proc>,
     pub url: String,
@@ -133,46 +170,34 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// A frontend plus one worker per entry of `models` (a served model name each).
+    /// A frontend plus one worker per entry of `models` (a served model name each), on a
+    /// file store and the TCP request plane.
     pub async fn start(models: &[&str], frontend_args: &[&str]) -> Topology {
-        let store_dir = tempfile::tempdir().unwrap();
-        let dir = store_dir.path().to_str().unwrap().to_owned();
-        let workers = models
-            .iter()
-            .map(|model| start_worker(&dir, model, &[]))
-            .collect();
-        let mut args = vec![
-            "frontend",
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--store-dir",
-            &dir,
-            "--lease-ttl-secs",
-            "2",
-        ];
+        Topology::start_on(Mode::FILE_TCP, models, frontend_args).await
+    }
+
+    pub async fn start_on(mode: Mode, models: &[&str], frontend_args: &[&str]) -> Topology {
+        let servers = tokio::task::spawn_blocking(move || Servers::start(mode)).await.unwrap();
+        let flags: Vec<&str> = servers.store_flags.iter().map(String::as_str).collect();
+        let workers = models.iter().map(|model| start_worker(&flags, model, &[])).collect();
+        let mut args = vec!["frontend", "--http-host", "127.0.0.1", "--http-port", "0"];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(&["--lease-ttl-secs", "2"]);
         args.extend_from_slice(frontend_args);
         let mut frontend = spawn("frontend", &args);
         let url = url_in(&wait_for_line(&mut frontend, "listening on"));
-        let topology = Topology {
-            store_dir,
-            frontend,
-            workers,
-            url,
-            http: client(),
-        };
+        let topology = Topology { servers, frontend, workers, url, http: client() };
         topology.wait_instances(models.len()).await;
         topology
     }
 
     pub fn store_dir(&self) -> &Path {
-        self.store_dir.path()
+        self.servers.store_dir.path()
     }
 
     pub fn add_worker(&mut self, model: &str, extra: &[&str]) {
-        let dir = self.store_dir().to_str().unwrap().to_owned();
-        self.workers.push(start_worker(&dir, model, extra));
+        let flags: Vec<&str> = self.servers.store_flags.iter().map(String::as_str).collect();
+        self.workers.push(start_worker(&flags, model, extra));
     }
 
     /// Waits until /health counts `n` live instances in all.
@@ -183,30 +208,20 @@ impl Topology {
             if total == Some(n) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} instances, /health says {total:?}"
-            );
+            assert!(Instant::now() < deadline, "expected {n} instances, /health says {total:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Live instances over all models, as /health reports them.
     pub async fn instance_count(&self) -> Option<usize> {
-        let resp = self
-            .http
-            .get(format!("{}/health", self.url))
-            .send()
-            .await
-            .ok()?;
+        let resp = self.http.get(format!("{}/health", self.url)).send().await.ok()?;
         let body: Value = resp.json().await.ok()?;
         Some(health_instances(&body).values().sum())
     }
 
     pub async fn health(&self) -> Value {
-        get_json(&self.http, &format!("{}/health", self.url))
-            .await
-            .1
+        get_json(&self.http, &format!("{}/health", self.url)).await.1
     }
 
     pub async fn models(&self) -> Vec<String> {
@@ -235,14 +250,12 @@ impl Topology {
 
 /// Instances per model from a /health body, whatever its exact nesting.
 pub fn health_instances(body: &Value) -> std::collections::BTreeMap<String, usize> {
-    let models = body.get("models").and_then(Value::as_object);
+    let models = body.get("instances").and_then(Value::as_object);
     models
         .map(|m| {
             m.iter()
                 .map(|(name, v)| {
-                    let n = v
-                        .as_u64()
-                        .or_else(|| v.get("instances").and_then(Value::as_u64));
+                    let n = v.as_u64().or_else(|| v.get("instances").and_then(Value::as_u64));
                     (name.clone(), usize::try_from(n.unwrap_or(0)).unwrap())
                 })
                 .collect()
@@ -250,8 +263,13 @@ pub fn health_instances(body: &Value) -> std::collections::BTreeMap<String, usiz
         .unwrap_or_default()
 }
 
-pub fn start_worker(store_dir: &str, model: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["worker", "--store-dir", store_dir, "--model-name", model];
+pub fn start_worker(store_flags: &[&str], model: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["worker", "--model-name", model];
+    args.extend_from_slice(store_flags);
+    // `extra` may set its own simulation speed; the fast default applies otherwise.
+    if !extra.contains(&"--speedup-ratio") {
+        args.extend_from_slice(&["--speedup-ratio", "50"]);
+    }
     args.extend_from_slice(FAST_WORKER);
     args.extend_from_slice(extra);
     spawn(&format!("worker {model}"), &args)
@@ -262,10 +280,7 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = tokio::time::timeout(WAIT, http.get(url).send())
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = tokio::time::timeout(WAIT, http.get(url).send()).await.unwrap().unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
@@ -275,11 +290,7 @@ pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16,
 }
 
 pub async fn post_raw(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
-    let send = http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send();
+    let send = http.post(url).header("content-type", "application/json").body(body).send();
     let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
@@ -293,10 +304,7 @@ pub async fn post_sse(http: &reqwest::Client, url: &str, body: &Value) -> (u16, 
     let send = http.post(url).json(body).send();
     let resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
     let status = resp.status().as_u16();
-    let text = tokio::time::timeout(WAIT, resp.text())
-        .await
-        .unwrap()
-        .unwrap();
+    let text = tokio::time::timeout(WAIT, resp.text()).await.unwrap().unwrap();
     let events = text
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))

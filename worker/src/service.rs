@@ -78,14 +78,10 @@ pub async fn serve(
     });
     let plane_stop = CancellationToken::new();
     let server = tokio::spawn(tcp::serve(listener, handler.clone(), plane_stop.clone()));
-    let server = ServerTask {
-        handle: Some(server),
-        stop: plane_stop,
-    };
+    let server = ServerTask { handle: Some(server), stop: plane_stop };
 
-    let registration = discovery
-        .register(record.clone(), config.lease_ttl, shutdown.child_token())
-        .await?;
+    let registration =
+        discovery.register(record.clone(), config.lease_ttl, shutdown.child_token()).await?;
     info!(
         instance = %record.instance_id,
         address = %record.address,
@@ -101,14 +97,8 @@ pub async fn serve(
     handler.draining.cancel();
     handler.in_flight.close();
     let left = handler.in_flight.len();
-    if tokio::time::timeout(config.drain_timeout, handler.in_flight.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            left = handler.in_flight.len(),
-            "drain timed out; cancelling what is left"
-        );
+    if tokio::time::timeout(config.drain_timeout, handler.in_flight.wait()).await.is_err() {
+        warn!(left = handler.in_flight.len(), "drain timed out; cancelling what is left");
         handler.cancel_all.cancel();
         // Cancelled requests end with a final chunk promptly; bound the wait all the same.
         let _ = tokio::time::timeout(Duration::from_secs(5), handler.in_flight.wait()).await;
@@ -137,9 +127,7 @@ impl ServerTask {
         match self.handle.take() {
             Some(handle) => match handle.await {
                 Ok(result) => Ok(result?),
-                Err(e) => Err(Error::Engine(format!(
-                    "request-plane server task failed: {e}"
-                ))),
+                Err(e) => Err(Error::Engine(format!("request-plane server task failed: {e}"))),
             },
             None => Ok(()),
         }
@@ -196,10 +184,7 @@ fn error_stream(error: &Error) -> ChunkStream {
     let chunk = GenerateChunk {
         seq: 0,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError {
-            kind: kind.into(),
-            message: error.to_string(),
-        }),
+        error: Some(WorkerError { kind: kind.into(), message: error.to_string() }),
         ..Default::default()
     };
     Box::pin(futures::stream::iter([Ok(chunk)]))

@@ -15,10 +15,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 fn with_sampling(id: &str, tokens: Vec<u32>, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        sampling: Some(sampling),
-        ..request(id, tokens, 0)
-    }
+    GenerateRequest { sampling: Some(sampling), ..request(id, tokens, 0) }
 }
 
 async fn rejection(engine: &MockerEngine, request: GenerateRequest) -> String {
@@ -49,10 +46,7 @@ async fn the_card_describes_the_simulated_engine() {
 
 #[tokio::test]
 async fn an_invalid_config_is_refused_at_start() {
-    let bad = MockerConfig {
-        speedup_ratio: -1.0,
-        ..MockerConfig::default()
-    };
+    let bad = MockerConfig { speedup_ratio: -1.0, ..MockerConfig::default() };
     let started = MockerEngine::start(bad, mocker_support::card(), CancellationToken::new());
     match started {
         Err(Error::Config(m)) => assert!(m.contains("speedup_ratio"), "{m}"),
@@ -82,11 +76,7 @@ async fn the_same_seed_gives_the_same_tokens() {
         with_sampling(
             id,
             vec![5; 40],
-            SamplingParams {
-                max_tokens: 32,
-                seed: Some(seed),
-                ..SamplingParams::default()
-            },
+            SamplingParams { max_tokens: 32, seed: Some(seed), ..SamplingParams::default() },
         )
     };
     let a = generate(&engine, seeded("a", 9)).await;
@@ -131,10 +121,8 @@ async fn eos_probability_min_tokens_and_ignore_eos() {
 
 #[tokio::test(start_paused = true)]
 async fn some_outputs_stop_early_with_a_partial_eos_probability() {
-    let (engine, _shutdown) = start(MockerConfig {
-        eos_probability: 0.05,
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) =
+        start(MockerConfig { eos_probability: 0.05, ..MockerConfig::default() });
     let mut lengths = Vec::new();
     for i in 0..20 {
         let r = generate(&engine, request(&format!("r{i}"), vec![3; 16], 200)).await;
@@ -148,11 +136,8 @@ async fn some_outputs_stop_early_with_a_partial_eos_probability() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_token_ids_end_the_output_after_min_tokens() {
-    let (engine, _shutdown) = start(MockerConfig {
-        vocab_size: 4,
-        eos_token_ids: vec![0],
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) =
+        start(MockerConfig { vocab_size: 4, eos_token_ids: vec![0], ..MockerConfig::default() });
     let r = generate(
         &engine,
         with_sampling(
@@ -170,11 +155,7 @@ async fn stop_token_ids_end_the_output_after_min_tokens() {
     assert_eq!(r.finish(), FinishReason::Stop);
     assert_eq!(r.tokens.last(), Some(&3));
     assert!(r.tokens.len() > 6);
-    assert!(
-        r.tokens[..r.tokens.len() - 1]
-            .iter()
-            .all(|&t| t == 1 || t == 2)
-    );
+    assert!(r.tokens[..r.tokens.len() - 1].iter().all(|&t| t == 1 || t == 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,19 +172,12 @@ async fn bad_requests_get_clear_errors() {
     let m = rejection(&engine, request("a", vec![1; 990], 20)).await;
     assert!(m.contains("context length"), "{m}");
     let m = rejection(&engine, request("a", vec![1; 170], 1)).await;
-    assert!(
-        m.contains("KV blocks") && m.contains("prompt needs 11"),
-        "{m}"
-    );
+    assert!(m.contains("KV blocks") && m.contains("prompt needs 11"), "{m}");
     let m = rejection(&engine, request("a", vec![1; 100], 100)).await;
     assert!(m.contains("max_tokens"), "{m}");
     let m = rejection(&engine, request("a", vec![1; 10], 0)).await;
     assert!(m.contains("max_tokens must be at least 1"), "{m}");
-    let sampling = SamplingParams {
-        max_tokens: 2,
-        min_tokens: 3,
-        ..SamplingParams::default()
-    };
+    let sampling = SamplingParams { max_tokens: 2, min_tokens: 3, ..SamplingParams::default() };
     let m = rejection(&engine, with_sampling("a", vec![1; 10], sampling)).await;
     assert!(m.contains("min_tokens"), "{m}");
     // Nothing was admitted.
@@ -245,10 +219,7 @@ async fn cancelling_the_token_frees_the_requests_blocks() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_stream_frees_the_requests_blocks() {
     let (engine, _shutdown) = start(MockerConfig::default());
-    let stream = engine.generate(
-        request("long", vec![1; 300], 1000),
-        CancellationToken::new(),
-    );
+    let stream = engine.generate(request("long", vec![1; 300], 1000), CancellationToken::new());
     let Ok(Ok(mut stream)) = timeout(WAIT, stream).await else {
         panic!("generate failed");
     };
@@ -269,10 +240,7 @@ async fn dropping_the_stream_frees_the_requests_blocks() {
 async fn shutdown_ends_in_flight_requests_with_an_error_and_refuses_new_ones() {
     let (engine, shutdown) = start(MockerConfig::default());
     let mut events = engine.kv_events();
-    let stream = engine.generate(
-        request("long", vec![1; 300], 1000),
-        CancellationToken::new(),
-    );
+    let stream = engine.generate(request("long", vec![1; 300], 1000), CancellationToken::new());
     let Ok(Ok(mut stream)) = timeout(WAIT, stream).await else {
         panic!("generate failed");
     };
@@ -285,10 +253,8 @@ async fn shutdown_ends_in_flight_requests_with_an_error_and_refuses_new_ones() {
     assert!(error.message.contains("stopped"), "{}", error.message);
     assert!(timeout(WAIT, engine.stopped()).await.is_ok());
 
-    let refused = timeout(
-        WAIT,
-        engine.generate(request("late", vec![1], 1), CancellationToken::new()),
-    );
+    let refused =
+        timeout(WAIT, engine.generate(request("late", vec![1], 1), CancellationToken::new()));
     assert!(matches!(refused.await, Ok(Err(Error::ShuttingDown))));
     // The cache is gone, and routers are told.
     let mut cleared = false;
@@ -312,16 +278,10 @@ async fn dropping_the_engine_stops_its_task() {
 
 #[tokio::test(start_paused = true)]
 async fn the_load_report_counts_waiting_and_running() {
-    let (engine, _shutdown) = start(MockerConfig {
-        max_num_seqs: 2,
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) = start(MockerConfig { max_num_seqs: 2, ..MockerConfig::default() });
     let streams: Vec<_> = (0..5)
         .map(|i| {
-            engine.generate(
-                request(&format!("r{i}"), vec![i; 20], 50),
-                CancellationToken::new(),
-            )
+            engine.generate(request(&format!("r{i}"), vec![i; 20], 50), CancellationToken::new())
         })
         .collect();
     let mut open = Vec::new();

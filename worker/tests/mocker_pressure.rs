@@ -45,10 +45,7 @@ async fn preemption_under_pressure_still_finishes_every_request() {
     let load = engine.load().unwrap_or_default();
     assert_eq!((load.active_requests, load.active_kv_blocks), (0, 0));
 
-    let (roomy, _shutdown) = start(MockerConfig {
-        num_gpu_blocks: 4096,
-        ..tight_config()
-    });
+    let (roomy, _shutdown) = start(MockerConfig { num_gpu_blocks: 4096, ..tight_config() });
     let calm = run_all(&roomy, 30).await;
     assert_eq!(roomy.preemptions(), 0);
     for (t, c) in tight.iter().zip(&calm) {
@@ -96,10 +93,7 @@ impl Replayed {
     fn predicted_hit_tokens(&self, prompt: &[u32], block_size: usize) -> usize {
         let hashes = switchyard_router::block_hashes(prompt, block_size);
         let usable = (prompt.len() - 1) / block_size;
-        hashes[..usable.min(hashes.len())]
-            .iter()
-            .take_while(|h| self.hashes.contains(h))
-            .count()
+        hashes[..usable.min(hashes.len())].iter().take_while(|h| self.hashes.contains(h)).count()
             * block_size
     }
 }
@@ -135,9 +129,8 @@ type Spec = (usize, usize, Vec<u32>, u32, u64);
 
 fn prompt_of(spec: &Spec, block_size: usize) -> Vec<u32> {
     let (prefix, shared_blocks, tail, _, _) = spec;
-    let mut prompt: Vec<u32> = (0..(shared_blocks * block_size) as u32)
-        .map(|i| 1000 * (*prefix as u32 + 1) + i)
-        .collect();
+    let mut prompt: Vec<u32> =
+        (0..(shared_blocks * block_size) as u32).map(|i| 1000 * (*prefix as u32 + 1) + i).collect();
     prompt.extend(tail);
     prompt
 }
@@ -168,19 +161,13 @@ async fn random_traffic(num_gpu_blocks: usize, specs: Vec<Spec>) {
         done.cancel();
         responses
     };
-    let (responses, ()) = tokio::join!(
-        work,
-        replay_until(&mut events, &mut view, &engine, done.clone())
-    );
+    let (responses, ()) =
+        tokio::join!(work, replay_until(&mut events, &mut view, &engine, done.clone()));
     for (r, spec) in responses.iter().zip(&specs) {
         assert_eq!(r.finish(), FinishReason::Length);
         assert_eq!(r.tokens.len(), spec.3 as usize);
     }
-    assert!(
-        view.largest <= num_gpu_blocks,
-        "{} > {num_gpu_blocks}",
-        view.largest
-    );
+    assert!(view.largest <= num_gpu_blocks, "{} > {num_gpu_blocks}", view.largest);
 
     // The events told the whole truth: what they say is cached is what a new request hits.
     for (i, spec) in specs.iter().enumerate().take(4) {
@@ -196,13 +183,7 @@ async fn random_traffic(num_gpu_blocks: usize, specs: Vec<Spec>) {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (
-        0usize..3,
-        0usize..12,
-        proptest::collection::vec(0u32..50, 1..20),
-        1u32..40,
-        0u64..300,
-    )
+    (0usize..3, 0usize..12, proptest::collection::vec(0u32..50, 1..20), 1u32..40, 0u64..300)
 }
 
 proptest! {

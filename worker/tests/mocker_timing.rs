@@ -28,26 +28,16 @@ fn scaled(ms: f64, speedup: f64) -> Duration {
 fn round_profile() -> TimingProfile {
     TimingProfile {
         name: "test: 10 ms + 1 ms/token prefill, 5 ms decode".to_owned(),
-        prefill: Quadratic {
-            c2: 0.0,
-            c1: 1.0,
-            c0: 10.0,
-        },
-        decode: Quadratic {
-            c2: 0.0,
-            c1: 0.0,
-            c0: 5.0,
-        },
+        prefill: Quadratic { c2: 0.0, c1: 1.0, c0: 10.0 },
+        decode: Quadratic { c2: 0.0, c1: 0.0, c0: 5.0 },
         decode_floor_ms: 1.0,
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn ttft_is_the_prefill_time_and_each_token_adds_one_decode_step() {
-    let (engine, _shutdown) = start(MockerConfig {
-        profile: round_profile(),
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) =
+        start(MockerConfig { profile: round_profile(), ..MockerConfig::default() });
     let r = generate(&engine, request("a", (0..100).collect(), 4)).await;
     let ms: Vec<u128> = r.times.iter().map(Duration::as_millis).collect();
     assert_eq!(ms, vec![110, 115, 120, 125]);
@@ -57,18 +47,11 @@ async fn ttft_is_the_prefill_time_and_each_token_adds_one_decode_step() {
 
 #[tokio::test(start_paused = true)]
 async fn step_times_follow_the_h100_polynomials() {
-    let config = MockerConfig {
-        num_gpu_blocks: 1000,
-        ..MockerConfig::default()
-    };
+    let config = MockerConfig { num_gpu_blocks: 1000, ..MockerConfig::default() };
     let profile = TimingProfile::h100();
     let (prompt, max_tokens) = (1000usize, 300u32);
     let (engine, _shutdown) = start(config.clone());
-    let r = generate(
-        &engine,
-        request("a", (0..prompt as u32).collect(), max_tokens),
-    )
-    .await;
+    let r = generate(&engine, request("a", (0..prompt as u32).collect(), max_tokens)).await;
     assert_eq!(r.tokens.len(), max_tokens as usize);
 
     let mut ideal = scaled(profile.prefill_ms(prompt), 1.0);
@@ -85,10 +68,8 @@ async fn step_times_follow_the_h100_polynomials() {
 #[tokio::test(start_paused = true)]
 async fn the_speedup_ratio_divides_simulated_time() {
     let speedup = 8.0;
-    let (engine, _shutdown) = start(MockerConfig {
-        speedup_ratio: speedup,
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) =
+        start(MockerConfig { speedup_ratio: speedup, ..MockerConfig::default() });
     let profile = TimingProfile::h100();
     let r = generate(&engine, request("a", (0..3000).collect(), 2)).await;
     assert_close(r.ttft(), scaled(profile.prefill_ms(3000), speedup), "ttft");
@@ -118,26 +99,19 @@ async fn a_prefix_cache_hit_shortens_prefill() {
 
 #[tokio::test(start_paused = true)]
 async fn a_long_prompt_is_chunked_and_its_chunks_are_timed_one_by_one() {
-    let config = MockerConfig {
-        max_num_batched_tokens: 1024,
-        ..MockerConfig::default()
-    };
+    let config = MockerConfig { max_num_batched_tokens: 1024, ..MockerConfig::default() };
     let (engine, _shutdown) = start(config);
     let profile = TimingProfile::h100();
     let r = generate(&engine, request("a", (0..2500).collect(), 1)).await;
-    let ideal: Duration = [1024, 1024, 452]
-        .iter()
-        .map(|&t| scaled(profile.prefill_ms(t), 1.0))
-        .sum();
+    let ideal: Duration =
+        [1024, 1024, 452].iter().map(|&t| scaled(profile.prefill_ms(t), 1.0)).sum();
     assert_close(r.ttft(), ideal, "chunked ttft");
 }
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_requests_share_steps() {
-    let (engine, _shutdown) = start(MockerConfig {
-        profile: round_profile(),
-        ..MockerConfig::default()
-    });
+    let (engine, _shutdown) =
+        start(MockerConfig { profile: round_profile(), ..MockerConfig::default() });
     // Both arrive before the first step: one step prefills 100 + 50 tokens (160 ms), then
     // every step decodes both (5 ms).
     let (a, b) = tokio::join!(

@@ -17,10 +17,7 @@ pub(crate) fn build(config: &RunConfig, prompt: &Prompt, max_tokens: u32) -> Res
             body.insert("prompt".into(), json!(text));
         }
         (Endpoint::Chat, Prompt::Text(text)) => {
-            body.insert(
-                "messages".into(),
-                json!([{"role": "user", "content": text}]),
-            );
+            body.insert("messages".into(), json!([{"role": "user", "content": text}]));
         }
         (Endpoint::Chat, Prompt::Messages(messages)) => {
             body.insert("messages".into(), json!(messages));
@@ -61,19 +58,10 @@ pub(crate) fn with_history(
         Endpoint::Chat => {
             let mut messages = Vec::with_capacity(history.len() * 2 + 1);
             for (user, reply) in history {
-                messages.push(Message {
-                    role: "user".into(),
-                    content: user.clone(),
-                });
-                messages.push(Message {
-                    role: "assistant".into(),
-                    content: reply.clone(),
-                });
+                messages.push(Message { role: "user".into(), content: user.clone() });
+                messages.push(Message { role: "assistant".into(), content: reply.clone() });
             }
-            messages.push(Message {
-                role: "user".into(),
-                content: new_turn.to_owned(),
-            });
+            messages.push(Message { role: "user".into(), content: new_turn.to_owned() });
             Prompt::Messages(messages)
         }
         Endpoint::Completions => {

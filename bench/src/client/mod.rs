@@ -92,18 +92,13 @@ impl HttpClient {
     }
 
     async fn connect(&self) -> Result<Sender, Failure> {
-        let failure = |message: String| Failure {
-            kind: FailureKind::Connect,
-            message,
-        };
+        let failure = |message: String| Failure { kind: FailureKind::Connect, message };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| failure(format!("connecting to {} timed out", self.addr)))?
             .map_err(|e| failure(format!("connecting to {}: {e}", self.addr)))?;
         // Without it, a streamed response can stall ~40 ms on Nagle + delayed ACK.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| failure(format!("TCP_NODELAY: {e}")))?;
+        stream.set_nodelay(true).map_err(|e| failure(format!("TCP_NODELAY: {e}")))?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| failure(format!("HTTP handshake: {e}")))?;
@@ -159,10 +154,7 @@ impl HttpClient {
             request = request.header(AUTHORIZATION, auth.clone());
         }
         let request = request.body(Full::new(body)).map_err(|e| io_failure(&e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| io_failure(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| io_failure(&e))?;
         if response.status() != StatusCode::OK {
             return Err(status_failure(response).await);
         }
@@ -194,16 +186,9 @@ impl HttpClient {
                 .header(HOST, self.host.clone())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| e.to_string())?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
             let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?;
             if status != StatusCode::OK {
                 return Err(format!("{status}"));
             }
@@ -211,9 +196,7 @@ impl HttpClient {
         };
         match tokio::time::timeout(limit, fetch).await {
             Ok(result) => result.map_err(|e| Error::Server(format!("GET {path}: {e}"))),
-            Err(_) => Err(Error::Server(format!(
-                "GET {path}: no answer within {limit:?}"
-            ))),
+            Err(_) => Err(Error::Server(format!("GET {path}: no answer within {limit:?}"))),
         }
     }
 
@@ -283,8 +266,5 @@ async fn status_failure(response: http::Response<Incoming>) -> Failure {
 }
 
 fn io_failure(e: &dyn std::fmt::Display) -> Failure {
-    Failure {
-        kind: FailureKind::Io,
-        message: e.to_string(),
-    }
+    Failure { kind: FailureKind::Io, message: e.to_string() }
 }

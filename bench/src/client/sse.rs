@@ -96,16 +96,10 @@ pub(crate) fn on_json(
 ) -> Result<(), Failure> {
     let chunk: Chunk<'_> = serde_json::from_slice(data).map_err(|e| Failure {
         kind: FailureKind::Protocol,
-        message: format!(
-            "unreadable response chunk: {e}: {}",
-            String::from_utf8_lossy(data)
-        ),
+        message: format!("unreadable response chunk: {e}: {}", String::from_utf8_lossy(data)),
     })?;
     if let Some(error) = chunk.error {
-        return Err(Failure {
-            kind: FailureKind::StreamError,
-            message: error.to_string(),
-        });
+        return Err(Failure { kind: FailureKind::StreamError, message: error.to_string() });
     }
     if let Some(usage) = chunk.usage {
         record.usage_completion_tokens = usage.completion_tokens.or(record.usage_completion_tokens);
@@ -124,9 +118,7 @@ pub(crate) fn on_json(
     {
         record.text.push_str(&text);
         record.chunk_times.push(now);
-        record
-            .chunk_text_ends
-            .push(u32::try_from(record.text.len()).unwrap_or(u32::MAX));
+        record.chunk_text_ends.push(u32::try_from(record.text.len()).unwrap_or(u32::MAX));
     }
     Ok(())
 }
@@ -232,13 +224,7 @@ mod tests {
             lines.push(String::from_utf8_lossy(l).into_owned());
             Ok(())
         };
-        for frame in [
-            "data: a\r\n\r\ndata: b",
-            "c\n",
-            "\nda",
-            "ta: [DONE]\n\n",
-            "tail",
-        ] {
+        for frame in ["data: a\r\n\r\ndata: b", "c\n", "\nda", "ta: [DONE]\n\n", "tail"] {
             splitter.feed(frame.as_bytes(), &mut push).unwrap();
         }
         assert_eq!(lines, ["data: a", "", "data: bc", "", "data: [DONE]", ""]);
@@ -253,45 +239,25 @@ mod tests {
         assert_eq!(on_sse_line(role, chat, ms(1), &mut r).unwrap(), Line::More);
         let hi = br#"data: {"choices":[{"delta":{"content":"Hi \"x\""},"finish_reason":null}]}"#;
         on_sse_line(hi, chat, ms(2), &mut r).unwrap();
-        on_sse_line(
-            br#"data:{"choices":[{"delta":{"content":"!"}}]}"#,
-            chat,
-            ms(3),
-            &mut r,
-        )
-        .unwrap();
+        on_sse_line(br#"data:{"choices":[{"delta":{"content":"!"}}]}"#, chat, ms(3), &mut r)
+            .unwrap();
         let usage = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#;
         on_sse_line(usage, chat, ms(4), &mut r).unwrap();
-        assert_eq!(
-            on_sse_line(b"data: [DONE]", chat, ms(5), &mut r).unwrap(),
-            Line::Done
-        );
-        assert_eq!(
-            on_sse_line(b": keep-alive", chat, ms(5), &mut r).unwrap(),
-            Line::More
-        );
+        assert_eq!(on_sse_line(b"data: [DONE]", chat, ms(5), &mut r).unwrap(), Line::Done);
+        assert_eq!(on_sse_line(b": keep-alive", chat, ms(5), &mut r).unwrap(), Line::More);
         assert_eq!(r.text, "Hi \"x\"!");
         assert_eq!(r.chunk_times, [ms(2), ms(3)]);
-        assert_eq!(
-            (r.usage_prompt_tokens, r.usage_completion_tokens),
-            (Some(9), Some(2))
-        );
+        assert_eq!((r.usage_prompt_tokens, r.usage_completion_tokens), (Some(9), Some(2)));
 
         let mut r = RequestRecord::default();
         let line = br#"data: {"choices":[{"text":"ab","index":0},{"text":"zz"}],"usage":null}"#;
         on_sse_line(line, Endpoint::Completions, ms(7), &mut r).unwrap();
-        assert_eq!(
-            (r.text.as_str(), r.chunk_times.as_slice()),
-            ("ab", &[ms(7)][..])
-        );
+        assert_eq!((r.text.as_str(), r.chunk_times.as_slice()), ("ab", &[ms(7)][..]));
 
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"whole"}}],"usage":{"completion_tokens":3}}"#;
         let mut r = RequestRecord::default();
         on_json(body, chat, true, ms(9), &mut r).unwrap();
-        assert_eq!(
-            (r.text.as_str(), r.usage_completion_tokens),
-            ("whole", Some(3))
-        );
+        assert_eq!((r.text.as_str(), r.usage_completion_tokens), ("whole", Some(3)));
     }
 
     #[test]

@@ -19,10 +19,8 @@ pub(super) fn dataset(
         ));
     }
     let maker = ExactText::new(tokenizer)?;
-    let systems = maker.make_many(
-        rng,
-        &vec![config.gsp_system_prompt_len as usize; config.gsp_num_groups],
-    )?;
+    let systems = maker
+        .make_many(rng, &vec![config.gsp_system_prompt_len as usize; config.gsp_num_groups])?;
     let questions = config.gsp_num_groups * config.gsp_prompts_per_group;
     let questions = maker.make_many(rng, &vec![config.gsp_question_len as usize; questions])?;
     let prompts: Vec<String> = questions

@@ -49,17 +49,13 @@ pub(super) fn dataset(
                 (Prompt::Messages(messages), n)
             }
             _ => {
-                return Err(at(
-                    "expected exactly one of `prompt` or a non-empty `messages`".into(),
-                ));
+                return Err(
+                    at("expected exactly one of `prompt` or a non-empty `messages`".into()),
+                );
             }
         };
         let output_len = parsed.output_len.unwrap_or(config.random_output_len);
-        out.push(DatasetRequest {
-            prompt,
-            prompt_len,
-            output_len,
-        });
+        out.push(DatasetRequest { prompt, prompt_len, output_len });
     }
     if out.is_empty() {
         return Err(Error::dataset(path, "no requests"));

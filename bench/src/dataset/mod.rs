@@ -138,9 +138,7 @@ pub struct Session {
 
 impl Session {
     fn single(request: DatasetRequest) -> Session {
-        Session {
-            turns: vec![request],
-        }
+        Session { turns: vec![request] }
     }
 
     pub fn is_conversation(&self) -> bool {
@@ -181,16 +179,12 @@ impl Dataset {
                 .into_iter()
                 .map(Session::single)
                 .collect(),
-            DatasetKind::Jsonl => jsonl::dataset(config, tokenizer)?
-                .into_iter()
-                .map(Session::single)
-                .collect(),
+            DatasetKind::Jsonl => {
+                jsonl::dataset(config, tokenizer)?.into_iter().map(Session::single).collect()
+            }
             DatasetKind::MultiTurn => multiturn::dataset(config, tokenizer, &mut rng)?,
         };
-        Ok(Dataset {
-            kind: config.kind,
-            sessions,
-        })
+        Ok(Dataset { kind: config.kind, sessions })
     }
 
     /// Requests the workload sends (turns of every conversation included).
@@ -205,11 +199,7 @@ pub(crate) fn draw_len(rng: &mut StdRng, len: u32, ratio: f64) -> u32 {
     // Truncation is what bench_serving's int() does.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let low = ((f64::from(len) * ratio) as u32).max(1);
-    if low >= len {
-        len.max(1)
-    } else {
-        rng.random_range(low..=len)
-    }
+    if low >= len { len.max(1) } else { rng.random_range(low..=len) }
 }
 
 #[cfg(test)]

@@ -22,16 +22,11 @@ pub struct ExactText<'t> {
 
 impl<'t> ExactText<'t> {
     pub fn new(tokenizer: &'t TokenCounter) -> Result<ExactText<'t>, Error> {
-        Ok(ExactText {
-            tokenizer,
-            words: tokenizer.word_pool(POOL_LIMIT)?,
-        })
+        Ok(ExactText { tokenizer, words: tokenizer.word_pool(POOL_LIMIT)? })
     }
 
     fn draft(&self, rng: &mut StdRng, tokens: usize) -> Vec<usize> {
-        (0..tokens)
-            .map(|_| rng.random_range(0..self.words.len()))
-            .collect()
+        (0..tokens).map(|_| rng.random_range(0..self.words.len())).collect()
     }
 
     fn text(&self, picks: &[usize]) -> String {
@@ -78,16 +73,10 @@ impl<'t> ExactText<'t> {
     pub fn make_many(&self, rng: &mut StdRng, lens: &[usize]) -> Result<Vec<String>, Error> {
         let drafts: Vec<Vec<usize>> = lens.iter().map(|&n| self.draft(rng, n)).collect();
         let texts: Vec<String> = drafts.iter().map(|p| self.text(p)).collect();
-        let counts = self
-            .tokenizer
-            .count_batch(texts.iter().map(String::as_str).collect())?;
+        let counts = self.tokenizer.count_batch(texts.iter().map(String::as_str).collect())?;
         let mut out = Vec::with_capacity(lens.len());
         for (((picks, text), count), &n) in drafts.into_iter().zip(texts).zip(counts).zip(lens) {
-            out.push(if count == n {
-                text
-            } else {
-                self.correct(rng, picks, count, n)?
-            });
+            out.push(if count == n { text } else { self.correct(rng, picks, count, n)? });
         }
         Ok(out)
     }
@@ -104,9 +93,8 @@ pub(super) fn dataset(
     let input: Vec<usize> = (0..config.num_prompts)
         .map(|_| draw_len(rng, config.random_input_len, ratio) as usize)
         .collect();
-    let output: Vec<u32> = (0..config.num_prompts)
-        .map(|_| draw_len(rng, config.random_output_len, ratio))
-        .collect();
+    let output: Vec<u32> =
+        (0..config.num_prompts).map(|_| draw_len(rng, config.random_output_len, ratio)).collect();
     let texts = maker.make_many(rng, &input)?;
     Ok(texts
         .into_iter()

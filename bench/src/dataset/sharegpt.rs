@@ -57,24 +57,14 @@ pub(super) fn dataset(
         if prompt_len < 2 || output_len < 2 {
             continue;
         }
-        if config
-            .sharegpt_context_len
-            .is_some_and(|max| prompt_len + output_len > max)
-        {
+        if config.sharegpt_context_len.is_some_and(|max| prompt_len + output_len > max) {
             continue;
         }
         let output_len = u32::try_from(output_len).unwrap_or(u32::MAX);
-        out.push(DatasetRequest {
-            prompt: Prompt::Text(prompt),
-            prompt_len,
-            output_len,
-        });
+        out.push(DatasetRequest { prompt: Prompt::Text(prompt), prompt_len, output_len });
     }
     if out.is_empty() {
-        return Err(Error::dataset(
-            path,
-            "no conversation with a prompt and a reply of 2+ tokens",
-        ));
+        return Err(Error::dataset(path, "no conversation with a prompt and a reply of 2+ tokens"));
     }
     if out.len() < config.num_prompts {
         tracing::warn!(

@@ -33,10 +33,7 @@ const TABLE_KEYS: &[(&str, &str)] = &[
     ("median_e2e_latency_ms", "E2E median (ms)"),
     ("p99_e2e_latency_ms", "E2E p99 (ms)"),
     ("p99_ttft_from_scheduled_ms", "TTFT p99 from schedule (ms)"),
-    (
-        "p99_e2e_latency_from_scheduled_ms",
-        "E2E p99 from schedule (ms)",
-    ),
+    ("p99_e2e_latency_from_scheduled_ms", "E2E p99 from schedule (ms)"),
     ("concurrency", "mean concurrency"),
     ("cost_per_1m_output_tokens", "cost / 1M output tokens"),
     ("cost_per_request", "cost / request"),
@@ -80,35 +77,40 @@ pub fn cell(field: Option<&Field>) -> String {
         None | Some(Field::Json(Value::Null)) => "-".into(),
         Some(Field::Float(v)) if v.is_infinite() => if *v > 0.0 { "inf" } else { "-inf" }.into(),
         Some(Field::Float(v)) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
-        Some(Field::Float(v)) => format!("{v:.2}"),
+        Some(Field::Float(v)) => decimal(*v),
         Some(Field::Json(Value::String(s))) => s.clone(),
         Some(Field::Json(v @ Value::Number(n))) => match n.as_f64() {
-            Some(f) if !n.is_i64() && !n.is_u64() => format!("{f:.2}"),
+            Some(f) if !n.is_i64() && !n.is_u64() => decimal(f),
             _ => v.to_string(),
         },
         Some(Field::Json(v)) => v.to_string(),
     }
 }
 
+/// Two decimals, or three significant digits for values below 1 (costs per request are
+/// fractions of a cent).
+fn decimal(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 1.0 || !v.is_finite() {
+        return format!("{v:.2}");
+    }
+    // |v| < 1: -log10 is positive and small.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let decimals = (2.0 - v.abs().log10().floor()) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// The side-by-side table (metrics as rows, runs as columns).
 pub fn table(runs: &[Labeled]) -> String {
     let mut rows: Vec<Vec<String>> = vec![
-        std::iter::once("metric".to_owned())
-            .chain(runs.iter().map(|r| r.label.clone()))
-            .collect(),
+        std::iter::once("metric".to_owned()).chain(runs.iter().map(|r| r.label.clone())).collect(),
     ];
     for (key, name) in TABLE_KEYS {
         let fields: Vec<Option<&Field>> = runs.iter().map(|r| r.line.get(key)).collect();
-        if fields
-            .iter()
-            .all(|f| matches!(f, None | Some(Field::Json(Value::Null))))
-        {
+        if fields.iter().all(|f| matches!(f, None | Some(Field::Json(Value::Null)))) {
             continue;
         }
         rows.push(
-            std::iter::once((*name).to_owned())
-                .chain(fields.into_iter().map(cell))
-                .collect(),
+            std::iter::once((*name).to_owned()).chain(fields.into_iter().map(cell)).collect(),
         );
     }
     let columns = rows[0].len();
@@ -146,10 +148,8 @@ pub fn csv(runs: &[Labeled]) -> String {
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = std::iter::once("label")
-        .chain(keys.iter().copied())
-        .map(quote)
-        .collect();
+    let header: Vec<String> =
+        std::iter::once("label").chain(keys.iter().copied()).map(quote).collect();
     out.push_str(&header.join(","));
     out.push('\n');
     for run in runs {
@@ -189,26 +189,19 @@ mod tests {
         let a = ResultLine::parse(r#"{"tag": "a", "backend": "vllm", "request_rate": Infinity, "completed": 10, "median_ttft_ms": 12.345, "server_info": {"x": 1}}"#).unwrap();
         let b = ResultLine::parse(r#"{"tag": null, "backend": "sglang-oai", "request_rate": 4.0, "completed": 9, "median_ttft_ms": 20.0}"#).unwrap();
         let runs = vec![
-            Labeled {
-                label: label_of(&a, "x"),
-                line: a,
-            },
-            Labeled {
-                label: label_of(&b, "f:2"),
-                line: b,
-            },
+            Labeled { label: label_of(&a, "x"), line: a },
+            Labeled { label: label_of(&b, "f:2"), line: b },
         ];
         let t = table(&runs);
         assert!(t.lines().next().unwrap().contains("f:2"), "{t}");
         let rate = t.lines().find(|l| l.starts_with("request rate")).unwrap();
         assert!(rate.contains("inf") && rate.ends_with(" 4"), "{rate}");
         assert!(t.contains("12.35") && t.contains("20"), "{t}");
+        assert_eq!(decimal(0.000_002_346), "0.00000235");
+        assert_eq!(decimal(0.5), "0.500");
         let c = csv(&runs);
         let lines: Vec<&str> = c.lines().collect();
-        assert_eq!(
-            lines[0],
-            "label,tag,backend,request_rate,completed,median_ttft_ms,server_info"
-        );
+        assert_eq!(lines[0], "label,tag,backend,request_rate,completed,median_ttft_ms,server_info");
         assert_eq!(lines[1], r#"a,a,vllm,inf,10,12.345,"{""x"":1}""#);
         assert_eq!(lines[2], "f:2,,sglang-oai,4,9,20,");
     }

@@ -165,9 +165,8 @@ fn quote_non_finite(line: &str) -> String {
             in_string = c != '"';
         } else if c == '"' {
             in_string = true;
-        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
-            .into_iter()
-            .find(|t| rest.starts_with(t))
+        } else if let Some(token) =
+            ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t))
         {
             let _ = write!(out, "\"\\u0000{token}\"");
             rest = &rest[token.len()..];

@@ -69,18 +69,17 @@ fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// One chart of lines: `series` of (label, points).
+/// One chart of lines: `series` of (label, points); `markers` also dots each point (for the
+/// few points of a sweep, not the hundreds of a CDF).
 fn chart(
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[(String, Vec<(f64, f64)>)],
+    markers: bool,
 ) -> Result<String, Error> {
     let max = |f: fn(&(f64, f64)) -> f64| {
-        series
-            .iter()
-            .flat_map(|(_, p)| p.iter().map(f))
-            .fold(0.0_f64, f64::max)
+        series.iter().flat_map(|(_, p)| p.iter().map(f)).fold(0.0_f64, f64::max)
     };
     let (x_max, y_max) = (max(|p| p.0).max(1e-3) * 1.05, max(|p| p.1).max(1e-3) * 1.05);
     let mut svg = String::new();
@@ -94,22 +93,17 @@ fn chart(
             .y_label_area_size(60)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(report_error)?;
-        c.configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .draw()
-            .map_err(report_error)?;
+        c.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(report_error)?;
         for (i, (label, points)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            c.draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(report_error)?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            c.draw_series(points.iter().map(|p| Circle::new(*p, 2, color.filled())))
-                .map_err(report_error)?;
+            c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                .map_err(report_error)?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            if markers {
+                c.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(report_error)?;
+            }
         }
         c.configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -123,10 +117,7 @@ fn chart(
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The page.
@@ -141,14 +132,8 @@ pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
         let _ = write!(out, "<th>{}</th>", escape(&run.label));
     }
     out.push_str("</tr>\n");
-    let keys: Vec<&str> = table
-        .first()
-        .map(|r| r.line.keys().collect())
-        .unwrap_or_default();
-    for key in keys
-        .into_iter()
-        .filter(|k| !matches!(*k, "server_info" | "error_counts"))
-    {
+    let keys: Vec<&str> = table.first().map(|r| r.line.keys().collect()).unwrap_or_default();
+    for key in keys.into_iter().filter(|k| !matches!(*k, "server_info" | "error_counts")) {
         let cells: Vec<String> = table.iter().map(|r| cell(r.line.get(key))).collect();
         if cells.iter().any(|c| c.len() > 40) {
             continue;
@@ -167,15 +152,14 @@ pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
         ("End-to-end latency", |r| &r.e2e_ms),
     ];
     for (title, pick) in cdfs {
-        let series: Vec<(String, Vec<(f64, f64)>)> = runs
-            .iter()
-            .map(|r| (r.label.clone(), cdf_points(pick(r))))
-            .collect();
+        let series: Vec<(String, Vec<(f64, f64)>)> =
+            runs.iter().map(|r| (r.label.clone(), cdf_points(pick(r)))).collect();
         out.push_str(&chart(
             &format!("{title} (CDF)"),
             "ms",
             "fraction of requests",
             &series,
+            false,
         )?);
     }
     if runs.len() > 1 {
@@ -187,14 +171,8 @@ pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
         }
         type Y = fn(&ReportRun) -> f64;
         let charts: [(&str, &str, Y); 2] = [
-            (
-                "Output throughput vs median E2E latency",
-                "median E2E (ms)",
-                |r| r.median_e2e_ms,
-            ),
-            ("Output throughput vs P99 TTFT", "P99 TTFT (ms)", |r| {
-                r.p99_ttft_ms
-            }),
+            ("Output throughput vs median E2E latency", "median E2E (ms)", |r| r.median_e2e_ms),
+            ("Output throughput vs P99 TTFT", "P99 TTFT (ms)", |r| r.p99_ttft_ms),
         ];
         for (title, y_desc, y) in charts {
             let series: Vec<(String, Vec<(f64, f64)>)> = groups
@@ -209,7 +187,7 @@ pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
                     ((*g).to_owned(), points)
                 })
                 .collect();
-            out.push_str(&chart(title, "output tokens/s", y_desc, &series)?);
+            out.push_str(&chart(title, "output tokens/s", y_desc, &series, true)?);
         }
     }
     out.push_str("</body></html>\n");

@@ -121,10 +121,7 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
     l.push("total_input_text_tokens", json!(m.total_input));
     l.push("total_input_vision_tokens", json!(0));
     l.push("total_output_tokens", json!(m.total_output));
-    l.push(
-        "total_output_tokens_retokenized",
-        json!(m.total_output_retokenized),
-    );
+    l.push("total_output_tokens_retokenized", json!(m.total_output_retokenized));
     l.push("request_throughput", m.request_throughput);
     l.push("input_throughput", m.input_throughput);
     l.push("output_throughput", m.output_throughput);
@@ -160,14 +157,8 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
         l.push(&format!("median_{name}"), d.median);
         l.push(&format!("p99_{name}"), d.p99);
     }
-    l.push(
-        "client_cpu_ms",
-        opt(m.client_cpu.map(|c| c.as_secs_f64() * 1000.0)),
-    );
-    l.push(
-        "client_cpu_ms_per_request",
-        opt(m.client_cpu_ms_per_request()),
-    );
+    l.push("client_cpu_ms", opt(m.client_cpu.map(|c| c.as_secs_f64() * 1000.0)));
+    l.push("client_cpu_ms_per_request", opt(m.client_cpu_ms_per_request()));
     if let Some(c) = &m.cost {
         l.push("gpus", c.gpus);
         l.push("gpu_cost_per_hour", c.gpu_cost_per_hour);
@@ -186,28 +177,15 @@ pub fn push_details(
     tokenizer: &TokenCounter,
 ) -> Result<(), Error> {
     let secs = |d: std::time::Duration| d.as_secs_f64();
-    line.push(
-        "input_lens",
-        json!(records.iter().map(|r| r.prompt_len).collect::<Vec<_>>()),
-    );
-    let outputs: Vec<usize> = records
-        .iter()
-        .map(|r| if r.succeeded() { r.output_tokens() } else { 0 })
-        .collect();
+    line.push("input_lens", json!(records.iter().map(|r| r.prompt_len).collect::<Vec<_>>()));
+    let outputs: Vec<usize> =
+        records.iter().map(|r| if r.succeeded() { r.output_tokens() } else { 0 }).collect();
     line.push("output_lens", json!(outputs));
     line.push(
         "ttfts",
-        json!(
-            records
-                .iter()
-                .map(|r| r.ttft().map_or(0.0, secs))
-                .collect::<Vec<_>>()
-        ),
+        json!(records.iter().map(|r| r.ttft().map_or(0.0, secs)).collect::<Vec<_>>()),
     );
-    let itls: Vec<Vec<f64>> = records
-        .iter()
-        .map(|r| r.itls().map(secs).collect())
-        .collect();
+    let itls: Vec<Vec<f64>> = records.iter().map(|r| r.itls().map(secs).collect()).collect();
     line.push("itls", json!(itls));
     line.push(
         "generated_texts",
@@ -215,28 +193,15 @@ pub fn push_details(
     );
     let errors: Vec<String> = records
         .iter()
-        .map(|r| {
-            r.failure
-                .as_ref()
-                .map(|f| f.message.clone())
-                .unwrap_or_default()
-        })
+        .map(|r| r.failure.as_ref().map(|f| f.message.clone()).unwrap_or_default())
         .collect();
     line.push("errors", json!(errors));
     line.push("retokenized_output_lens", json!(m.retokenized));
     line.push(
         "scheduled_times",
-        json!(
-            records
-                .iter()
-                .map(|r| secs(r.scheduled))
-                .collect::<Vec<_>>()
-        ),
+        json!(records.iter().map(|r| secs(r.scheduled)).collect::<Vec<_>>()),
     );
-    line.push(
-        "send_times",
-        json!(records.iter().map(|r| secs(r.sent)).collect::<Vec<_>>()),
-    );
+    line.push("send_times", json!(records.iter().map(|r| secs(r.sent)).collect::<Vec<_>>()));
     let mut chunk_tokens = Vec::with_capacity(records.len());
     for r in records {
         chunk_tokens.push(tokenizer.count_batch(r.chunk_texts().collect())?);

@@ -27,9 +27,7 @@ pub fn summary(info: &RunInfo, m: &RunMetrics) -> String {
         row(&mut o, "Topology:", topology);
     }
     row(&mut o, "Traffic request rate:", info.request_rate);
-    let concurrency = info
-        .max_concurrency
-        .map_or("not set".to_owned(), |c| c.to_string());
+    let concurrency = info.max_concurrency.map_or("not set".to_owned(), |c| c.to_string());
     row(&mut o, "Max request concurrency:", concurrency);
     row(&mut o, "Successful requests:", m.completed);
     row2(&mut o, "Benchmark duration (s):", m.duration_s);
@@ -37,37 +35,13 @@ pub fn summary(info: &RunInfo, m: &RunMetrics) -> String {
     row(&mut o, "Total input text tokens:", m.total_input);
     row(&mut o, "Total input vision tokens:", 0);
     row(&mut o, "Total generated tokens:", m.total_output);
-    row(
-        &mut o,
-        "Total generated tokens (retokenized):",
-        m.total_output_retokenized,
-    );
+    row(&mut o, "Total generated tokens (retokenized):", m.total_output_retokenized);
     row2(&mut o, "Request throughput (req/s):", m.request_throughput);
-    row2(
-        &mut o,
-        "Input token throughput (tok/s):",
-        m.input_throughput,
-    );
-    row2(
-        &mut o,
-        "Output token throughput (tok/s):",
-        m.output_throughput,
-    );
-    row2(
-        &mut o,
-        "Peak output token throughput (tok/s):",
-        m.max_output_tokens_per_s,
-    );
-    row(
-        &mut o,
-        "Peak concurrent requests:",
-        m.max_concurrent_requests,
-    );
-    row2(
-        &mut o,
-        "Total token throughput (tok/s):",
-        m.total_throughput,
-    );
+    row2(&mut o, "Input token throughput (tok/s):", m.input_throughput);
+    row2(&mut o, "Output token throughput (tok/s):", m.output_throughput);
+    row2(&mut o, "Peak output token throughput (tok/s):", m.max_output_tokens_per_s);
+    row(&mut o, "Peak concurrent requests:", m.max_concurrent_requests);
+    row2(&mut o, "Total token throughput (tok/s):", m.total_throughput);
     row2(&mut o, "Concurrency:", m.concurrency);
     if let Some(goodput) = m.request_goodput {
         row2(&mut o, "Request goodput (req/s):", goodput);
@@ -94,11 +68,7 @@ pub fn summary(info: &RunInfo, m: &RunMetrics) -> String {
     section(&mut o, "From Scheduled Send Time");
     row2(&mut o, "Median TTFT (ms):", m.ttft_from_scheduled.median);
     row2(&mut o, "P99 TTFT (ms):", m.ttft_from_scheduled.p99);
-    row2(
-        &mut o,
-        "Median E2E Latency (ms):",
-        m.e2e_from_scheduled.median,
-    );
+    row2(&mut o, "Median E2E Latency (ms):", m.e2e_from_scheduled.median);
     row2(&mut o, "P99 E2E Latency (ms):", m.e2e_from_scheduled.p99);
     row2(&mut o, "Mean send lag (ms):", m.send_lag.mean);
     if m.failed > 0 {

@@ -71,11 +71,8 @@ pub struct ScriptedServer {
 
 impl ScriptedServer {
     pub async fn start(script: Script) -> ScriptedServer {
-        let shared = Arc::new(Shared {
-            script,
-            count: AtomicUsize::new(0),
-            logs: Mutex::new(Vec::new()),
-        });
+        let shared =
+            Arc::new(Shared { script, count: AtomicUsize::new(0), logs: Mutex::new(Vec::new()) });
         let app = Router::new()
             .route("/v1/completions", post(generate))
             .route("/v1/chat/completions", post(generate))
@@ -97,12 +94,7 @@ impl ScriptedServer {
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await;
         });
-        ScriptedServer {
-            url,
-            shared,
-            stop,
-            task,
-        }
+        ScriptedServer { url, shared, stop, task }
     }
 
     /// The logs of the streamed requests, in order of completion.
@@ -156,12 +148,7 @@ async fn generate(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     // The task ends when the response is written or the client goes away; the server's
     // runtime owns it for that short while.
     tokio::spawn(async move {
-        let mut log = ServerLog {
-            received,
-            chunks: Vec::new(),
-            done: received,
-            body,
-        };
+        let mut log = ServerLog { received, chunks: Vec::new(), done: received, body };
         if chat {
             let role =
                 json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]});
@@ -186,9 +173,8 @@ async fn generate(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
         shared.logs.lock().unwrap().push(log);
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(stream))

@@ -26,12 +26,7 @@ pub(crate) async fn chat_completions(
         Ok(Ok(prepared)) => prepared,
         Ok(Err(e)) => return reject(e, tracker),
         Err(_) => {
-            return reject(
-                Error::Timeout {
-                    after: state.config.request_timeout,
-                },
-                tracker,
-            );
+            return reject(Error::Timeout { after: state.config.request_timeout }, tracker);
         }
     };
     respond(&state, prepared, tracker, deadline, ApiKind::Chat).await
@@ -61,11 +56,5 @@ async fn prepare(
     if token_ids.is_empty() {
         return Err(Error::invalid("messages", "the rendered prompt is empty"));
     }
-    Ok(Prepared {
-        entry,
-        preprocessor,
-        token_ids,
-        params,
-        prompt_param: "messages",
-    })
+    Ok(Prepared { entry, preprocessor, token_ids, params, prompt_param: "messages" })
 }

@@ -26,12 +26,7 @@ pub(crate) async fn completions(
         Ok(Ok(prepared)) => prepared,
         Ok(Err(e)) => return reject(e, tracker),
         Err(_) => {
-            return reject(
-                Error::Timeout {
-                    after: state.config.request_timeout,
-                },
-                tracker,
-            );
+            return reject(Error::Timeout { after: state.config.request_timeout }, tracker);
         }
     };
     respond(&state, prepared, tracker, deadline, ApiKind::Completion).await
@@ -59,13 +54,7 @@ async fn prepare(
     if token_ids.is_empty() {
         return Err(Error::invalid("prompt", "the prompt must not be empty"));
     }
-    Ok(Prepared {
-        entry,
-        preprocessor,
-        token_ids,
-        params,
-        prompt_param: "prompt",
-    })
+    Ok(Prepared { entry, preprocessor, token_ids, params, prompt_param: "prompt" })
 }
 
 /// The one prompt of the request; a list of several is refused (one request per prompt).
@@ -74,9 +63,9 @@ fn single_prompt(prompt: Option<Prompt>) -> Result<PromptItem, Error> {
         None => Err(Error::invalid("prompt", "`prompt` is required")),
         Some(Prompt::Text(text)) => Ok(PromptItem::Text(text)),
         Some(Prompt::Tokens(ids)) => Ok(PromptItem::Tokens(ids)),
-        Some(Prompt::Batch(mut items)) if items.len() == 1 => items
-            .pop()
-            .ok_or_else(|| Error::invalid("prompt", "`prompt` is required")),
+        Some(Prompt::Batch(mut items)) if items.len() == 1 => {
+            items.pop().ok_or_else(|| Error::invalid("prompt", "`prompt` is required"))
+        }
         Some(Prompt::Batch(items)) => Err(Error::invalid(
             "prompt",
             format!(

@@ -66,13 +66,9 @@ pub(crate) fn body_bytes(
 pub(crate) fn lookup(state: &AppState, model: Option<&str>) -> Result<Arc<ModelEntry>, Error> {
     let model = model.ok_or_else(|| Error::invalid("model", "`model` is required"))?;
     let table = state.registry.table();
-    let entry = table.get(model).ok_or_else(|| Error::ModelNotFound {
-        model: model.to_owned(),
-    })?;
+    let entry = table.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
     if entry.instances.is_empty() {
-        return Err(Error::NoInstance {
-            model: model.to_owned(),
-        });
+        return Err(Error::NoInstance { model: model.to_owned() });
     }
     Ok(entry.clone())
 }
@@ -96,13 +92,7 @@ pub(crate) async fn respond(
     deadline: Instant,
     kind: ApiKind,
 ) -> Response {
-    let Prepared {
-        entry,
-        preprocessor,
-        token_ids,
-        params,
-        prompt_param,
-    } = prepared;
+    let Prepared { entry, preprocessor, token_ids, params, prompt_param } = prepared;
     let prompt_tokens = token_ids.len();
     let max_tokens = match resolve_max_tokens(
         &params,
@@ -114,11 +104,7 @@ pub(crate) async fn respond(
         Ok(max) => max,
         Err(e) => return reject(e, tracker),
     };
-    let meta = ResponseMeta {
-        id: new_id(kind),
-        model: entry.name.clone(),
-        created: unix_now(),
-    };
+    let meta = ResponseMeta { id: new_id(kind), model: entry.name.clone(), created: unix_now() };
     let request = GenerateRequest {
         request_id: meta.id.clone(),
         model: entry.name.clone(),
@@ -180,25 +166,16 @@ fn new_id(kind: ApiKind) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Any path without a route: 404 in OpenAI's shape.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
-    Error::RouteNotFound {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-    }
-    .into_response()
+    Error::RouteNotFound { method: method.to_string(), path: uri.path().to_owned() }.into_response()
 }
 
 /// A known path with the wrong method: 405 in OpenAI's shape.
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    Error::MethodNotAllowed {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-    }
-    .into_response()
+    Error::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
+        .into_response()
 }

@@ -63,10 +63,7 @@ pub(crate) fn validate(
     if let Some(p) = params.top_p
         && !(p > 0.0 && p <= 1.0)
     {
-        return Err(Error::invalid(
-            "top_p",
-            format!("top_p must be in (0, 1], got {p}"),
-        ));
+        return Err(Error::invalid("top_p", format!("top_p must be in (0, 1], got {p}")));
     }
     let top_k = match params.top_k {
         None | Some(-1 | 0) => None,
@@ -93,18 +90,12 @@ pub(crate) fn validate(
     if stop.len() > MAX_STOP_STRINGS {
         return Err(Error::invalid(
             "stop",
-            format!(
-                "at most {MAX_STOP_STRINGS} stop strings are supported, got {}",
-                stop.len()
-            ),
+            format!("at most {MAX_STOP_STRINGS} stop strings are supported, got {}", stop.len()),
         ));
     }
     Ok(RequestParams {
         stream: params.stream.unwrap_or(false),
-        include_usage: params
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: params.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         max_tokens,
         max_tokens_param,
         min_tokens,
@@ -178,30 +169,12 @@ mod tests {
             f(&mut c);
             validate(c, None)
         };
-        assert_eq!(
-            param_of(p(|c| c.temperature = Some(2.5))).as_deref(),
-            Some("temperature")
-        );
-        assert_eq!(
-            param_of(p(|c| c.temperature = Some(-0.1))).as_deref(),
-            Some("temperature")
-        );
-        assert_eq!(
-            param_of(p(|c| c.top_p = Some(0.0))).as_deref(),
-            Some("top_p")
-        );
-        assert_eq!(
-            param_of(p(|c| c.top_p = Some(1.5))).as_deref(),
-            Some("top_p")
-        );
-        assert_eq!(
-            param_of(p(|c| c.top_k = Some(-2))).as_deref(),
-            Some("top_k")
-        );
-        assert_eq!(
-            param_of(p(|c| c.max_tokens = Some(0))).as_deref(),
-            Some("max_tokens")
-        );
+        assert_eq!(param_of(p(|c| c.temperature = Some(2.5))).as_deref(), Some("temperature"));
+        assert_eq!(param_of(p(|c| c.temperature = Some(-0.1))).as_deref(), Some("temperature"));
+        assert_eq!(param_of(p(|c| c.top_p = Some(0.0))).as_deref(), Some("top_p"));
+        assert_eq!(param_of(p(|c| c.top_p = Some(1.5))).as_deref(), Some("top_p"));
+        assert_eq!(param_of(p(|c| c.top_k = Some(-2))).as_deref(), Some("top_k"));
+        assert_eq!(param_of(p(|c| c.max_tokens = Some(0))).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(p(|c| c.n = Some(2))).as_deref(), Some("n"));
         assert_eq!(
             param_of(p(|c| {
@@ -237,22 +210,10 @@ mod tests {
 
     #[test]
     fn context_length_bounds_the_request() {
-        let mut p = RequestParams {
-            max_tokens_param: "max_tokens",
-            ..RequestParams::default()
-        };
-        assert_eq!(
-            resolve_max_tokens(&p, 100, Some(1000), 8192, "messages").ok(),
-            Some(900)
-        );
-        assert_eq!(
-            resolve_max_tokens(&p, 100, Some(100_000), 512, "messages").ok(),
-            Some(512)
-        );
-        assert_eq!(
-            resolve_max_tokens(&p, 100, None, 512, "messages").ok(),
-            Some(512)
-        );
+        let mut p = RequestParams { max_tokens_param: "max_tokens", ..RequestParams::default() };
+        assert_eq!(resolve_max_tokens(&p, 100, Some(1000), 8192, "messages").ok(), Some(900));
+        assert_eq!(resolve_max_tokens(&p, 100, Some(100_000), 512, "messages").ok(), Some(512));
+        assert_eq!(resolve_max_tokens(&p, 100, None, 512, "messages").ok(), Some(512));
         assert!(matches!(
             resolve_max_tokens(&p, 1000, Some(1000), 8192, "prompt"),
             Err(Error::InvalidRequest { param: Some(ref f), .. }) if f == "prompt"
@@ -263,9 +224,6 @@ mod tests {
             Err(Error::InvalidRequest { param: Some(ref f), .. }) if f == "max_tokens"
         ));
         p.max_tokens = Some(900);
-        assert_eq!(
-            resolve_max_tokens(&p, 100, Some(1000), 8192, "messages").ok(),
-            Some(900)
-        );
+        assert_eq!(resolve_max_tokens(&p, 100, Some(1000), 8192, "messages").ok(), Some(900));
     }
 }

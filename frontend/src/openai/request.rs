@@ -308,11 +308,7 @@ impl<'de> Deserialize<'de> for Prompt {
                         }
                     }
                 }
-                Ok(if batch.is_empty() {
-                    Prompt::Tokens(tokens)
-                } else {
-                    Prompt::Batch(batch)
-                })
+                Ok(if batch.is_empty() { Prompt::Tokens(tokens) } else { Prompt::Batch(batch) })
             }
         }
         deserializer.deserialize_any(PromptVisitor)
@@ -397,18 +393,9 @@ mod tests {
 
     #[test]
     fn malformed_json_and_non_objects_are_rejected() {
-        assert!(matches!(
-            chat("{\"model\":"),
-            Err(Error::InvalidRequest { param: None, .. })
-        ));
-        assert!(matches!(
-            chat("[1,2]"),
-            Err(Error::InvalidRequest { param: None, .. })
-        ));
-        assert!(matches!(
-            chat("{} x"),
-            Err(Error::InvalidRequest { param: None, .. })
-        ));
+        assert!(matches!(chat("{\"model\":"), Err(Error::InvalidRequest { param: None, .. })));
+        assert!(matches!(chat("[1,2]"), Err(Error::InvalidRequest { param: None, .. })));
+        assert!(matches!(chat("{} x"), Err(Error::InvalidRequest { param: None, .. })));
     }
 
     #[test]
@@ -425,10 +412,7 @@ mod tests {
     #[test]
     fn prompt_forms() {
         let parse_prompt = |s: &str| parse::<CompletionRequest>(s.as_bytes()).map(|r| r.prompt);
-        assert!(matches!(
-            parse_prompt(r#"{"prompt":"hi"}"#),
-            Ok(Some(Prompt::Text(_)))
-        ));
+        assert!(matches!(parse_prompt(r#"{"prompt":"hi"}"#), Ok(Some(Prompt::Text(_)))));
         assert!(
             matches!(parse_prompt(r#"{"prompt":[1,2,3]}"#), Ok(Some(Prompt::Tokens(t))) if t == [1, 2, 3])
         );

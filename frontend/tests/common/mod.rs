@@ -46,21 +46,14 @@ pub fn tokenizer() -> Tokenizer {
 }
 
 pub fn encode(text: &str, special: bool) -> Vec<u32> {
-    tokenizer()
-        .encode(text, special)
-        .unwrap()
-        .get_ids()
-        .to_vec()
+    tokenizer().encode(text, special).unwrap().get_ids().to_vec()
 }
 
 /// What a scripted worker does with each request.
 #[derive(Debug, Clone)]
 pub enum Script {
     /// Emits these chunks of token ids, then finishes with `finish`.
-    Tokens {
-        chunks: Vec<Vec<u32>>,
-        finish: FinishReason,
-    },
+    Tokens { chunks: Vec<Vec<u32>>, finish: FinishReason },
     /// Answers with one error chunk of this kind.
     Reject(ErrorKind),
     /// Emits these tokens, then fails with an engine error.
@@ -95,12 +88,7 @@ impl ScriptedWorker {
     }
 
     pub fn last_request(&self) -> GenerateRequest {
-        self.requests
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a request")
+        self.requests.lock().unwrap().last().cloned().expect("a request")
     }
 }
 
@@ -118,11 +106,7 @@ impl Drop for DropSignal {
 }
 
 fn chunk(seq: u64, token_ids: Vec<u32>) -> GenerateChunk {
-    GenerateChunk {
-        seq,
-        token_ids,
-        ..GenerateChunk::default()
-    }
+    GenerateChunk { seq, token_ids, ..GenerateChunk::default() }
 }
 
 #[async_trait]
@@ -130,10 +114,8 @@ impl GenerateHandler for ScriptedWorker {
     async fn generate(&self, request: GenerateRequest) -> ChunkStream {
         let prompt_tokens = request.token_ids.len() as u32;
         self.requests.lock().unwrap().push(request);
-        let signal = DropSignal {
-            count: self.streams_dropped.clone(),
-            notify: self.dropped.clone(),
-        };
+        let signal =
+            DropSignal { count: self.streams_dropped.clone(), notify: self.dropped.clone() };
         let chunks: Vec<GenerateChunk> = match &self.script {
             Script::Tokens { chunks, finish } => {
                 let mut out: Vec<GenerateChunk> = chunks
@@ -145,11 +127,7 @@ impl GenerateHandler for ScriptedWorker {
                 out.push(GenerateChunk {
                     seq: chunks.len() as u64,
                     finish_reason: (*finish).into(),
-                    usage: Some(Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        cached_tokens: CACHED,
-                    }),
+                    usage: Some(Usage { prompt_tokens, completion_tokens, cached_tokens: CACHED }),
                     ..GenerateChunk::default()
                 });
                 out
@@ -166,16 +144,13 @@ impl GenerateHandler for ScriptedWorker {
             }
             Script::Endless(ids) => {
                 let ids = ids.clone();
-                return Box::pin(futures::stream::unfold(
-                    (0u64, signal),
-                    move |(seq, signal)| {
-                        let ids = ids.clone();
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            Some((Ok(chunk(seq, ids)), (seq + 1, signal)))
-                        }
-                    },
-                ));
+                return Box::pin(futures::stream::unfold((0u64, signal), move |(seq, signal)| {
+                    let ids = ids.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Some((Ok(chunk(seq, ids)), (seq + 1, signal)))
+                    }
+                }));
             }
         };
         Box::pin(futures::stream::iter(chunks).map(move |c| {
@@ -189,10 +164,7 @@ fn error_chunk(seq: u64, kind: ErrorKind) -> GenerateChunk {
     GenerateChunk {
         seq,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError {
-            kind: kind.into(),
-            message: format!("scripted {kind:?}"),
-        }),
+        error: Some(WorkerError { kind: kind.into(), message: format!("scripted {kind:?}") }),
         ..GenerateChunk::default()
     }
 }
@@ -351,9 +323,7 @@ pub async fn serve_worker(
 ) -> Result<String> {
     let listener = within(TcpListener::bind("127.0.0.1:0")).await?;
     let address = listener.local_addr()?.to_string();
-    tokio::spawn(switchyard_runtime::plane::tcp::serve(
-        listener, worker, shutdown,
-    ));
+    tokio::spawn(switchyard_runtime::plane::tcp::serve(listener, worker, shutdown));
     Ok(address)
 }
 
@@ -398,8 +368,5 @@ pub fn chat_body(content: &str) -> serde_json::Value {
 
 /// Token count of the builtin template's rendering of one user message.
 pub fn chat_prompt_tokens(content: &str) -> Vec<u32> {
-    encode(
-        &format!("<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"),
-        false,
-    )
+    encode(&format!("<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"), false)
 }

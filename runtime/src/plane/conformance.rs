@@ -88,10 +88,7 @@ struct StreamCounts {
 
 impl TestHandler {
     pub fn new(script: Script) -> Arc<TestHandler> {
-        Arc::new(TestHandler {
-            script,
-            counts: Arc::default(),
-        })
+        Arc::new(TestHandler { script, counts: Arc::default() })
     }
 
     /// Streams started.
@@ -118,11 +115,7 @@ struct EndCounter {
 
 impl Drop for EndCounter {
     fn drop(&mut self) {
-        let count = if self.finished {
-            &self.counts.finished
-        } else {
-            &self.counts.dropped_early
-        };
+        let count = if self.finished { &self.counts.finished } else { &self.counts.dropped_early };
         count.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -133,57 +126,37 @@ impl GenerateHandler for TestHandler {
         self.counts.started.fetch_add(1, Ordering::SeqCst);
         let total = u64::from(request.sampling.map_or(1, |s| s.max_tokens.max(1)));
         let script = self.script;
-        let end = EndCounter {
-            counts: Arc::clone(&self.counts),
-            finished: false,
-        };
-        Box::pin(futures::stream::unfold(
-            Some((end, 0_u64)),
-            move |state| async move {
-                let (mut end, index) = state?;
-                tokio::time::sleep(CHUNK_DELAY).await;
-                let last = match script {
-                    Script::Fail => index == 1,
-                    Script::Complete | Script::SkipSeq | Script::EndEarly => index + 1 == total,
-                };
-                let seq = if script == Script::SkipSeq {
-                    index * 2
-                } else {
-                    index
-                };
-                let token = u32::try_from(index).unwrap_or(u32::MAX);
-                let mut chunk = GenerateChunk {
-                    seq,
-                    token_ids: vec![token],
-                    ..Default::default()
-                };
-                if last {
-                    match script {
-                        Script::Complete | Script::SkipSeq => {
-                            chunk.finish_reason = FinishReason::Length.into();
-                            let usage = Usage {
-                                completion_tokens: token + 1,
-                                ..Default::default()
-                            };
-                            chunk.usage = Some(usage);
-                        }
-                        Script::Fail => {
-                            chunk.token_ids.clear();
-                            chunk.finish_reason = FinishReason::Error.into();
-                            let message = "scripted failure".to_owned();
-                            chunk.error = Some(WorkerError {
-                                kind: ErrorKind::Engine.into(),
-                                message,
-                            });
-                        }
-                        Script::EndEarly => {}
+        let end = EndCounter { counts: Arc::clone(&self.counts), finished: false };
+        Box::pin(futures::stream::unfold(Some((end, 0_u64)), move |state| async move {
+            let (mut end, index) = state?;
+            tokio::time::sleep(CHUNK_DELAY).await;
+            let last = match script {
+                Script::Fail => index == 1,
+                Script::Complete | Script::SkipSeq | Script::EndEarly => index + 1 == total,
+            };
+            let seq = if script == Script::SkipSeq { index * 2 } else { index };
+            let token = u32::try_from(index).unwrap_or(u32::MAX);
+            let mut chunk = GenerateChunk { seq, token_ids: vec![token], ..Default::default() };
+            if last {
+                match script {
+                    Script::Complete | Script::SkipSeq => {
+                        chunk.finish_reason = FinishReason::Length.into();
+                        let usage = Usage { completion_tokens: token + 1, ..Default::default() };
+                        chunk.usage = Some(usage);
                     }
-                    end.finished = true;
-                    return Some((Ok(chunk), None));
+                    Script::Fail => {
+                        chunk.token_ids.clear();
+                        chunk.finish_reason = FinishReason::Error.into();
+                        let message = "scripted failure".to_owned();
+                        chunk.error = Some(WorkerError { kind: ErrorKind::Engine.into(), message });
+                    }
+                    Script::EndEarly => {}
                 }
-                Some((Ok(chunk), Some((end, index + 1))))
-            },
-        ))
+                end.finished = true;
+                return Some((Ok(chunk), None));
+            }
+            Some((Ok(chunk), Some((end, index + 1))))
+        }))
     }
 }
 
@@ -193,10 +166,7 @@ pub fn request(id: &str, chunks: u32) -> GenerateRequest {
         request_id: id.to_owned(),
         model: "test".to_owned(),
         token_ids: vec![1, 2, 3],
-        sampling: Some(SamplingParams {
-            max_tokens: chunks,
-            ..Default::default()
-        }),
+        sampling: Some(SamplingParams { max_tokens: chunks, ..Default::default() }),
         ..Default::default()
     }
 }
@@ -230,28 +200,14 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 }
 
 fn assert_complete(items: &[Result<GenerateChunk, Error>], chunks: u32) {
-    assert_eq!(
-        items.len(),
-        chunks as usize,
-        "one item per chunk, then the end: {items:?}"
-    );
+    assert_eq!(items.len(), chunks as usize, "one item per chunk, then the end: {items:?}");
     for (index, item) in items.iter().enumerate() {
-        let chunk = item
-            .as_ref()
-            .unwrap_or_else(|e| panic!("chunk {index}: {e}"));
+        let chunk = item.as_ref().unwrap_or_else(|e| panic!("chunk {index}: {e}"));
         assert_eq!(chunk.seq, index as u64, "chunks in order");
         assert_eq!(chunk.token_ids, vec![index as u32]);
         let last = index + 1 == items.len();
-        let finish = if last {
-            FinishReason::Length
-        } else {
-            FinishReason::Unspecified
-        };
-        assert_eq!(
-            chunk.finish_reason(),
-            finish,
-            "only the last chunk is final"
-        );
+        let finish = if last { FinishReason::Length } else { FinishReason::Unspecified };
+        assert_eq!(chunk.finish_reason(), finish, "only the last chunk is final");
     }
 }
 
@@ -261,12 +217,7 @@ pub async fn chunks_arrive_in_order(harness: &dyn PlaneHarness) {
     let server = harness.start(handler.clone()).await;
     let client = harness.client();
     for chunks in [1, 7] {
-        let stream = open(
-            client.as_ref(),
-            &server.address(),
-            request("in-order", chunks),
-        )
-        .await;
+        let stream = open(client.as_ref(), &server.address(), request("in-order", chunks)).await;
         assert_complete(&collect(stream).await, chunks);
     }
     eventually("handler streams finished", || handler.finished() == 2).await;
@@ -275,87 +226,48 @@ pub async fn chunks_arrive_in_order(harness: &dyn PlaneHarness) {
 /// A final chunk with an error arrives as a chunk, and ends the stream.
 pub async fn error_chunk_ends_stream(harness: &dyn PlaneHarness) {
     let server = harness.start(TestHandler::new(Script::Fail)).await;
-    let stream = open(
-        harness.client().as_ref(),
-        &server.address(),
-        request("fail", 10),
-    )
-    .await;
+    let stream = open(harness.client().as_ref(), &server.address(), request("fail", 10)).await;
     let items = collect(stream).await;
     assert_eq!(items.len(), 2, "a chunk, then the error chunk: {items:?}");
-    let last = items[1]
-        .as_ref()
-        .unwrap_or_else(|e| panic!("the error chunk: {e}"));
-    let error = last
-        .error
-        .as_ref()
-        .expect("the last chunk carries the error");
-    assert_eq!(
-        error.kind(),
-        ErrorKind::Engine,
-        "the error kind crosses the wire"
-    );
+    let last = items[1].as_ref().unwrap_or_else(|e| panic!("the error chunk: {e}"));
+    let error = last.error.as_ref().expect("the last chunk carries the error");
+    assert_eq!(error.kind(), ErrorKind::Engine, "the error kind crosses the wire");
     assert_eq!(last.finish_reason(), FinishReason::Error);
 }
 
 /// A gap in `seq` ends the stream with [`Error::StreamBroken`].
 pub async fn skipped_chunk_breaks_stream(harness: &dyn PlaneHarness) {
     let server = harness.start(TestHandler::new(Script::SkipSeq)).await;
-    let stream = open(
-        harness.client().as_ref(),
-        &server.address(),
-        request("skip", 5),
-    )
-    .await;
+    let stream = open(harness.client().as_ref(), &server.address(), request("skip", 5)).await;
     let items = collect(stream).await;
     assert_eq!(items.len(), 2, "chunk 0, then the error: {items:?}");
     assert!(items[0].is_ok());
-    assert!(
-        matches!(items[1], Err(Error::StreamBroken(_))),
-        "got {:?}",
-        items[1]
-    );
+    assert!(matches!(items[1], Err(Error::StreamBroken(_))), "got {:?}", items[1]);
 }
 
 /// A stream that ends without a final chunk ends with [`Error::StreamBroken`].
 pub async fn missing_final_chunk_breaks_stream(harness: &dyn PlaneHarness) {
     let server = harness.start(TestHandler::new(Script::EndEarly)).await;
-    let stream = open(
-        harness.client().as_ref(),
-        &server.address(),
-        request("early", 3),
-    )
-    .await;
+    let stream = open(harness.client().as_ref(), &server.address(), request("early", 3)).await;
     let items = collect(stream).await;
     assert_eq!(items.len(), 4, "three chunks, then the error: {items:?}");
     assert!(items[..3].iter().all(Result::is_ok), "{items:?}");
-    assert!(
-        matches!(items[3], Err(Error::StreamBroken(_))),
-        "got {:?}",
-        items[3]
-    );
+    assert!(matches!(items[3], Err(Error::StreamBroken(_))), "got {:?}", items[3]);
 }
 
 /// Dropping the client's stream drops the handler's stream on the server.
 pub async fn dropping_stream_cancels_handler(harness: &dyn PlaneHarness) {
     let handler = TestHandler::new(Script::Complete);
     let server = harness.start(handler.clone()).await;
-    let mut stream = open(
-        harness.client().as_ref(),
-        &server.address(),
-        request("cancel", ENDLESS),
-    )
-    .await;
+    let mut stream =
+        open(harness.client().as_ref(), &server.address(), request("cancel", ENDLESS)).await;
     for _ in 0..3 {
         let chunk = within("a chunk", stream.next()).await;
         assert!(matches!(chunk, Some(Ok(_))), "got {chunk:?}");
     }
     assert_eq!(handler.dropped_early(), 0);
     drop(stream);
-    eventually("the handler's stream dropped", || {
-        handler.dropped_early() == 1
-    })
-    .await;
+    eventually("the handler's stream dropped", || handler.dropped_early() == 1).await;
 }
 
 /// Many requests at once through one client all complete, each in order.
@@ -369,11 +281,7 @@ pub async fn concurrent_requests_share_one_client(harness: &dyn PlaneHarness) {
     let responses = (0..REQUESTS).map(|i| {
         let (client, address) = (Arc::clone(&client), address.clone());
         async move {
-            let stream = open(
-                client.as_ref(),
-                &address,
-                request(&format!("many-{i}"), CHUNKS),
-            );
+            let stream = open(client.as_ref(), &address, request(&format!("many-{i}"), CHUNKS));
             collect(stream.await).await
         }
     });
@@ -398,12 +306,8 @@ pub async fn unreachable_address_fails_to_connect(harness: &dyn PlaneHarness) {
 pub async fn server_death_ends_stream_with_error(harness: &dyn PlaneHarness) {
     let handler = TestHandler::new(Script::Complete);
     let server = harness.start(handler.clone()).await;
-    let mut stream = open(
-        harness.client().as_ref(),
-        &server.address(),
-        request("dies", ENDLESS),
-    )
-    .await;
+    let mut stream =
+        open(harness.client().as_ref(), &server.address(), request("dies", ENDLESS)).await;
     for _ in 0..3 {
         let chunk = within("a chunk", stream.next()).await;
         assert!(matches!(chunk, Some(Ok(_))), "got {chunk:?}");
@@ -421,10 +325,7 @@ pub async fn server_death_ends_stream_with_error(harness: &dyn PlaneHarness) {
         }
     })
     .await;
-    assert!(
-        !matches!(error, Error::Connect { .. }),
-        "mid-stream errors are not Connect: {error}"
-    );
+    assert!(!matches!(error, Error::Connect { .. }), "mid-stream errors are not Connect: {error}");
     let after = within("the end after the error", stream.next()).await;
     assert!(after.is_none(), "the error is the last item, got {after:?}");
 }
@@ -436,10 +337,7 @@ pub async fn request_to_dead_server_fails_to_connect(harness: &dyn PlaneHarness)
     let server = harness.start(TestHandler::new(Script::Complete)).await;
     let address = server.address();
     let client = harness.client();
-    assert_complete(
-        &collect(open(client.as_ref(), &address, request("before", 2)).await).await,
-        2,
-    );
+    assert_complete(&collect(open(client.as_ref(), &address, request("before", 2)).await).await, 2);
     server.kill();
     match within("generate", client.generate(&address, request("after", 2))).await {
         Err(Error::Connect { .. }) => {}

@@ -1,9 +1,10 @@
 //! The request plane seam: send a [`GenerateRequest`] to one instance, get its chunks back.
 //!
-//! Implementations: [`tcp`] (tonic gRPC, server-streaming `Generate`). Every implementation
-//! passes [`conformance`].
+//! Implementations: [`tcp`] (tonic gRPC, server-streaming `Generate`) and [`nats`] (core NATS
+//! subjects). Every implementation passes [`conformance`].
 
 pub mod conformance;
+pub mod nats;
 pub mod tcp;
 
 use std::pin::Pin;

@@ -43,10 +43,7 @@ fn error_chunk(seq: u64, kind: ErrorKind, message: String) -> GenerateChunk {
     GenerateChunk {
         seq,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError {
-            kind: kind.into(),
-            message,
-        }),
+        error: Some(WorkerError { kind: kind.into(), message }),
         ..GenerateChunk::default()
     }
 }
@@ -61,9 +58,7 @@ pub struct TcpServerConfig {
 
 impl Default for TcpServerConfig {
     fn default() -> Self {
-        TcpServerConfig {
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        }
+        TcpServerConfig { shutdown_grace: DEFAULT_SHUTDOWN_GRACE }
     }
 }
 
@@ -86,10 +81,7 @@ pub async fn serve_with_config(
     config: TcpServerConfig,
 ) -> Result<()> {
     let drain = CancellationToken::new();
-    let service = WorkerService {
-        handler,
-        drain: drain.clone(),
-    };
+    let service = WorkerService { handler, drain: drain.clone() };
     // The accept stream ends at shutdown, and tonic then closes its connections gracefully.
     // tonic's own shutdown signal is not used: it would keep the listener bound while the
     // connections drain, so new connections would sit in the backlog unanswered instead of
@@ -190,10 +182,9 @@ fn wire_stream(chunks: ChunkStream, drain: CancellationToken) -> WireStream {
                 let next = (!is_final(&chunk)).then(|| (chunks, drain, chunk.seq + 1));
                 Some((Ok(chunk), next))
             }
-            Some(Err(e)) => Some((
-                Ok(error_chunk(next_seq, ErrorKind::Internal, e.to_string())),
-                None,
-            )),
+            Some(Err(e)) => {
+                Some((Ok(error_chunk(next_seq, ErrorKind::Internal, e.to_string())), None))
+            }
             // The client reports the missing final chunk.
             None => None,
         }
@@ -229,18 +220,13 @@ pub struct TcpClient {
 
 impl std::fmt::Debug for TcpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpClient")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("TcpClient").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl TcpClient {
     pub fn new(config: TcpClientConfig) -> TcpClient {
-        TcpClient {
-            config,
-            channels: Mutex::new(HashMap::new()),
-        }
+        TcpClient { config, channels: Mutex::new(HashMap::new()) }
     }
 
     /// The channel to `address`, connecting on first use.
@@ -249,10 +235,7 @@ impl TcpClient {
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(channels.entry(address.to_owned()).or_default())
         };
-        let channel = cell
-            .get_or_try_init(|| self.connect(address))
-            .await
-            .cloned();
+        let channel = cell.get_or_try_init(|| self.connect(address)).await.cloned();
         if channel.is_err() {
             self.forget(address);
         }
@@ -267,15 +250,9 @@ impl TcpClient {
     }
 
     async fn connect(&self, address: &str) -> Result<Channel> {
-        let connect_error = |reason: String| Error::Connect {
-            address: address.to_owned(),
-            reason,
-        };
-        let uri = if address.contains("://") {
-            address.to_owned()
-        } else {
-            format!("http://{address}")
-        };
+        let connect_error = |reason: String| Error::Connect { address: address.to_owned(), reason };
+        let uri =
+            if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| connect_error(format!("invalid address: {e}")))?
             .connect_timeout(self.config.connect_timeout)
@@ -317,10 +294,7 @@ impl RequestClient for TcpClient {
             // The worker answered with an error status.
             Ok(Err(status)) => return Err(status_error(&status)),
             Err(_) => {
-                return Err(Error::Timeout {
-                    what: "response from the worker",
-                    after,
-                });
+                return Err(Error::Timeout { what: "response from the worker", after });
             }
         };
         Ok(checked_stream(response.into_inner(), after))
@@ -339,10 +313,9 @@ fn checked_stream(inner: Streaming<GenerateChunk>, chunk_timeout: Duration) -> C
     Box::pin(stream::unfold(state, move |state| async move {
         let (mut inner, expected) = state?;
         let item = match tokio::time::timeout(chunk_timeout, inner.message()).await {
-            Err(_) => Err(Error::Timeout {
-                what: "next chunk from the worker",
-                after: chunk_timeout,
-            }),
+            Err(_) => {
+                Err(Error::Timeout { what: "next chunk from the worker", after: chunk_timeout })
+            }
             Ok(Err(status)) => Err(status_error(&status)),
             Ok(Ok(None)) => Err(Error::StreamBroken(format!(
                 "the worker's stream ended after {expected} chunks without a final chunk"

@@ -55,22 +55,15 @@ async fn next_event(watch: &mut WatchStream, what: &str) -> WatchEvent {
 }
 
 fn put_event(key: &str, value: &[u8]) -> WatchEvent {
-    WatchEvent::Put {
-        key: key.to_owned(),
-        value: value.to_vec(),
-    }
+    WatchEvent::Put { key: key.to_owned(), value: value.to_vec() }
 }
 
 fn delete_event(key: &str) -> WatchEvent {
-    WatchEvent::Delete {
-        key: key.to_owned(),
-    }
+    WatchEvent::Delete { key: key.to_owned() }
 }
 
 async fn get(store: &dyn KvStore, key: &str) -> Option<Vec<u8>> {
-    within("get", store.get(key))
-        .await
-        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+    within("get", store.get(key)).await.unwrap_or_else(|e| panic!("get {key}: {e}"))
 }
 
 async fn put(store: &dyn KvStore, key: &str, value: &[u8], lease: Option<u64>) {
@@ -80,15 +73,11 @@ async fn put(store: &dyn KvStore, key: &str, value: &[u8], lease: Option<u64>) {
 }
 
 async fn watch(store: &dyn KvStore, prefix: &str) -> WatchStream {
-    within("watch", store.watch_prefix(prefix))
-        .await
-        .unwrap_or_else(|e| panic!("watch: {e}"))
+    within("watch", store.watch_prefix(prefix)).await.unwrap_or_else(|e| panic!("watch: {e}"))
 }
 
 async fn grant(store: &dyn KvStore, ttl: Duration) -> u64 {
-    within("grant", store.grant_lease(ttl))
-        .await
-        .unwrap_or_else(|e| panic!("grant: {e}"))
+    within("grant", store.grant_lease(ttl)).await.unwrap_or_else(|e| panic!("grant: {e}"))
 }
 
 /// Polls until `key` is absent.
@@ -107,35 +96,17 @@ async fn wait_absent(store: &dyn KvStore, key: &str) {
 pub async fn put_get_overwrite_delete(store: Arc<dyn KvStore>) {
     let store = store.as_ref();
     let key = format!("{}key", fresh_prefix("basic"));
-    assert_eq!(
-        get(store, &key).await,
-        None,
-        "a key never written is absent"
-    );
+    assert_eq!(get(store, &key).await, None, "a key never written is absent");
     put(store, &key, b"one", None).await;
     assert_eq!(get(store, &key).await.as_deref(), Some(&b"one"[..]));
     put(store, &key, b"two", None).await;
-    assert_eq!(
-        get(store, &key).await.as_deref(),
-        Some(&b"two"[..]),
-        "put overwrites"
-    );
+    assert_eq!(get(store, &key).await.as_deref(), Some(&b"two"[..]), "put overwrites");
     let binary = [0u8, 10, 255, b'\n'];
     put(store, &key, &binary, None).await;
-    assert_eq!(
-        get(store, &key).await.as_deref(),
-        Some(&binary[..]),
-        "values are bytes"
-    );
-    assert!(
-        within("delete", store.delete(&key)).await.expect("delete"),
-        "delete of a present key"
-    );
+    assert_eq!(get(store, &key).await.as_deref(), Some(&binary[..]), "values are bytes");
+    assert!(within("delete", store.delete(&key)).await.expect("delete"), "delete of a present key");
     assert_eq!(get(store, &key).await, None, "deleted key is absent");
-    assert!(
-        !within("delete", store.delete(&key)).await.expect("delete"),
-        "delete of absent key"
-    );
+    assert!(!within("delete", store.delete(&key)).await.expect("delete"), "delete of absent key");
 }
 
 /// `get_prefix` returns exactly the keys under the prefix, sorted by key.
@@ -143,32 +114,18 @@ pub async fn get_prefix_is_scoped_and_sorted(store: Arc<dyn KvStore>) {
     let store = store.as_ref();
     let root = fresh_prefix("prefix");
     let prefix = format!("{root}abc/");
-    let inside = [
-        format!("{prefix}b"),
-        format!("{prefix}a"),
-        format!("{prefix}c/deep"),
-    ];
-    let outside = [
-        format!("{root}abcd/x"),
-        format!("{root}abc"),
-        format!("{root}ab/x"),
-    ];
+    let inside = [format!("{prefix}b"), format!("{prefix}a"), format!("{prefix}c/deep")];
+    let outside = [format!("{root}abcd/x"), format!("{root}abc"), format!("{root}ab/x")];
     for key in inside.iter().chain(&outside) {
         put(store, key, key.as_bytes(), None).await;
     }
-    let listed = within("get_prefix", store.get_prefix(&prefix))
-        .await
-        .expect("get_prefix");
-    let mut expected: Vec<(String, Vec<u8>)> = inside
-        .iter()
-        .map(|key| (key.clone(), key.clone().into_bytes()))
-        .collect();
+    let listed = within("get_prefix", store.get_prefix(&prefix)).await.expect("get_prefix");
+    let mut expected: Vec<(String, Vec<u8>)> =
+        inside.iter().map(|key| (key.clone(), key.clone().into_bytes())).collect();
     expected.sort();
     assert_eq!(listed, expected);
     let empty = format!("{root}nothing/");
-    let none = within("get_prefix", store.get_prefix(&empty))
-        .await
-        .expect("get_prefix");
+    let none = within("get_prefix", store.get_prefix(&empty)).await.expect("get_prefix");
     assert!(none.is_empty(), "an empty prefix lists nothing: {none:?}");
 }
 
@@ -177,25 +134,17 @@ pub async fn watch_yields_existing_then_changes(store: Arc<dyn KvStore>) {
     let store = store.as_ref();
     let root = fresh_prefix("watch");
     let prefix = format!("{root}in/");
-    let (a, b, c) = (
-        format!("{prefix}a"),
-        format!("{prefix}b"),
-        format!("{prefix}c"),
-    );
+    let (a, b, c) = (format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}c"));
     put(store, &a, b"a1", None).await;
     put(store, &b, b"b1", None).await;
     put(store, &format!("{root}out/x"), b"x", None).await;
 
     let mut events = watch(store, &prefix).await;
-    let first = [
-        next_event(&mut events, "existing").await,
-        next_event(&mut events, "existing").await,
-    ];
+    let first =
+        [next_event(&mut events, "existing").await, next_event(&mut events, "existing").await];
     let first: BTreeSet<_> = first.iter().map(|e| format!("{e:?}")).collect();
-    let expected: BTreeSet<_> = [put_event(&a, b"a1"), put_event(&b, b"b1")]
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
+    let expected: BTreeSet<_> =
+        [put_event(&a, b"a1"), put_event(&b, b"b1")].iter().map(|e| format!("{e:?}")).collect();
     assert_eq!(first, expected, "existing keys come first, as puts");
 
     // One change at a time, each awaited, so that stores which batch changes still give one
@@ -203,10 +152,7 @@ pub async fn watch_yields_existing_then_changes(store: Arc<dyn KvStore>) {
     put(store, &c, b"c1", None).await;
     assert_eq!(next_event(&mut events, "put").await, put_event(&c, b"c1"));
     put(store, &b, b"b2", None).await;
-    assert_eq!(
-        next_event(&mut events, "overwrite").await,
-        put_event(&b, b"b2")
-    );
+    assert_eq!(next_event(&mut events, "overwrite").await, put_event(&b, b"b2"));
     // A change elsewhere, then one here: only the second may come.
     put(store, &format!("{root}out/y"), b"y", None).await;
     put(store, &format!("{root}in"), b"no slash", None).await;
@@ -219,11 +165,8 @@ pub async fn watch_yields_existing_then_changes(store: Arc<dyn KvStore>) {
 pub async fn lease_expiry_deletes_its_keys(store: Arc<dyn KvStore>) {
     let store = store.as_ref();
     let prefix = fresh_prefix("expiry");
-    let (leased, unleased, rebound) = (
-        format!("{prefix}leased"),
-        format!("{prefix}plain"),
-        format!("{prefix}rebound"),
-    );
+    let (leased, unleased, rebound) =
+        (format!("{prefix}leased"), format!("{prefix}plain"), format!("{prefix}rebound"));
     // Watch first: the lease may expire before a later watch would have started.
     let mut events = watch(store, &prefix).await;
     put(store, &unleased, b"stays", None).await;
@@ -242,13 +185,8 @@ pub async fn lease_expiry_deletes_its_keys(store: Arc<dyn KvStore>) {
         }
     }
     assert_eq!(get(store, &leased).await, None, "an expired key is absent");
-    let listed = within("get_prefix", store.get_prefix(&prefix))
-        .await
-        .expect("get_prefix");
-    let expected = vec![
-        (unleased, b"stays".to_vec()),
-        (rebound, b"then plain".to_vec()),
-    ];
+    let listed = within("get_prefix", store.get_prefix(&prefix)).await.expect("get_prefix");
+    let expected = vec![(unleased, b"stays".to_vec()), (rebound, b"then plain".to_vec())];
     assert_eq!(listed, expected, "keys not bound to the expired lease stay");
 }
 
@@ -267,14 +205,8 @@ pub async fn keep_alive_extends_lease(store: Arc<dyn KvStore>) {
             .await
             .unwrap_or_else(|e| panic!("keep_alive of a live lease: {e}"));
     }
-    assert_eq!(
-        get(store, &key).await.as_deref(),
-        Some(&b"alive"[..]),
-        "kept past the TTL"
-    );
-    within("revoke", store.revoke_lease(lease))
-        .await
-        .expect("revoke");
+    assert_eq!(get(store, &key).await.as_deref(), Some(&b"alive"[..]), "kept past the TTL");
+    within("revoke", store.revoke_lease(lease)).await.expect("revoke");
 }
 
 /// Revoking a lease removes its keys at once, and watchers see the deletes.
@@ -285,18 +217,9 @@ pub async fn revoke_deletes_keys_at_once(store: Arc<dyn KvStore>) {
     let lease = grant(store, Duration::from_secs(60)).await;
     put(store, &key, b"v", Some(lease)).await;
     let mut events = watch(store, &prefix).await;
-    assert_eq!(
-        next_event(&mut events, "existing").await,
-        put_event(&key, b"v")
-    );
-    within("revoke", store.revoke_lease(lease))
-        .await
-        .expect("revoke");
-    assert_eq!(
-        get(store, &key).await,
-        None,
-        "revoked keys are gone when revoke returns"
-    );
+    assert_eq!(next_event(&mut events, "existing").await, put_event(&key, b"v"));
+    within("revoke", store.revoke_lease(lease)).await.expect("revoke");
+    assert_eq!(get(store, &key).await, None, "revoked keys are gone when revoke returns");
     assert_eq!(next_event(&mut events, "revoke").await, delete_event(&key));
 }
 

@@ -62,9 +62,7 @@ struct Inner {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore")
-            .field("endpoints", &self.inner.endpoints)
-            .finish()
+        f.debug_struct("EtcdStore").field("endpoints", &self.inner.endpoints).finish()
     }
 }
 
@@ -76,10 +74,8 @@ impl EtcdStore {
             return Err(Error::Config("no etcd endpoint given".to_owned()));
         }
         let joined = endpoints.join(",");
-        let unreachable = |reason: String| Error::Connect {
-            address: format!("etcd at {joined}"),
-            reason,
-        };
+        let unreachable =
+            |reason: String| Error::Connect { address: format!("etcd at {joined}"), reason };
         let options = ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
             .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
@@ -91,9 +87,8 @@ impl EtcdStore {
             // The client connects lazily and its requests wait for a connection, so nothing
             // listening would show only as a timeout; a TCP connect says "refused" at once.
             probe_tcp(endpoints, connect_timeout).await?;
-            let mut client = Client::connect(endpoints, Some(options))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut client =
+                Client::connect(endpoints, Some(options)).await.map_err(|e| e.to_string())?;
             // Something listens; one request proves it is an etcd that answers.
             client.status().await.map_err(|e| e.to_string())?;
             Ok(client)
@@ -123,10 +118,7 @@ impl EtcdStore {
             cancel: self.inner.cancel.clone(),
             tracker: self.inner.tracker.clone(),
         };
-        EtcdStore {
-            client: self.client,
-            inner: Arc::new(inner),
-        }
+        EtcdStore { client: self.client, inner: Arc::new(inner) }
     }
 
     /// Ends every watch opened through this store or its clones and waits for their tasks to
@@ -144,9 +136,7 @@ impl Inner {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.within(what, request)
-            .await?
-            .map_err(|e| self.error(what, &e))
+        self.within(what, request).await?.map_err(|e| self.error(what, &e))
     }
 
     /// Applies only the call timeout, leaving etcd's own error for the caller to interpret.
@@ -159,9 +149,7 @@ impl Inner {
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
         let after = self.call_timeout;
-        tokio::time::timeout(after, request)
-            .await
-            .map_err(|_| Error::Timeout { what, after })
+        tokio::time::timeout(after, request).await.map_err(|_| Error::Timeout { what, after })
     }
 
     /// An unreachable etcd (refused, or the connection closed under the request) is told apart
@@ -215,10 +203,7 @@ fn etcd_lease(lease: LeaseId) -> Result<i64> {
 
 /// etcd counts TTLs in whole seconds; rounding up never expires a lease early.
 fn ttl_seconds(ttl: Duration) -> i64 {
-    let seconds = ttl
-        .as_secs()
-        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
-        .max(1);
+    let seconds = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
     i64::try_from(seconds).unwrap_or(i64::MAX)
 }
 
@@ -230,10 +215,8 @@ fn is_not_found(error: &etcd_client::Error) -> bool {
 impl KvStore for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         let mut leases = self.client.lease_client();
-        let granted = self
-            .inner
-            .call("etcd lease grant", leases.grant(ttl_seconds(ttl), None))
-            .await?;
+        let granted =
+            self.inner.call("etcd lease grant", leases.grant(ttl_seconds(ttl), None)).await?;
         LeaseId::try_from(granted.id())
             .map_err(|_| Error::Store(format!("etcd granted a negative lease id {}", granted.id())))
     }
@@ -287,19 +270,11 @@ impl KvStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut kv = self.client.kv_client();
         let mut found = self.inner.call("etcd get", kv.get(key, None)).await?;
-        Ok(found
-            .take_kvs()
-            .into_iter()
-            .next()
-            .map(|kv| kv.into_key_value().1))
+        Ok(found.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(list(&self.client, prefix, &self.inner)
-            .await?
-            .1
-            .into_iter()
-            .collect())
+        Ok(list(&self.client, prefix, &self.inner).await?.1.into_iter().collect())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -320,13 +295,8 @@ impl KvStore for EtcdStore {
         let (initial, stream) = follower.sync().await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stop = self.inner.cancel.child_token();
-        self.inner
-            .tracker
-            .spawn(follower.run(initial, stream, tx, stop.clone()));
-        Ok(Box::pin(EtcdWatch {
-            events: rx,
-            _stop: stop.drop_guard(),
-        }))
+        self.inner.tracker.spawn(follower.run(initial, stream, tx, stop.clone()));
+        Ok(Box::pin(EtcdWatch { events: rx, _stop: stop.drop_guard() }))
     }
 }
 
@@ -367,9 +337,7 @@ impl Follower {
     /// that take the reader from what it was told to what the list holds.
     async fn sync(&mut self) -> Result<(Vec<WatchEvent>, etcd_client::WatchStream)> {
         let (revision, listing) = list(&self.client, &self.prefix, &self.inner).await?;
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let mut watches = self.client.watch_client();
         let request = watches.watch(self.prefix.as_str(), Some(options));
         let stream = self.inner.call("etcd watch", request).await?;
@@ -380,10 +348,7 @@ impl Follower {
         let mut events: Vec<WatchEvent> = listing
             .iter()
             .filter(|(key, value)| self.emitted.get(*key) != Some(*value))
-            .map(|(key, value)| WatchEvent::Put {
-                key: key.clone(),
-                value: value.clone(),
-            })
+            .map(|(key, value)| WatchEvent::Put { key: key.clone(), value: value.clone() })
             .collect();
         events.extend(
             self.emitted
@@ -451,10 +416,7 @@ impl Follower {
             events.push(match event.event_type() {
                 EventType::Put => {
                     self.emitted.insert(key.clone(), kv.value().to_vec());
-                    WatchEvent::Put {
-                        key,
-                        value: kv.value().to_vec(),
-                    }
+                    WatchEvent::Put { key, value: kv.value().to_vec() }
                 }
                 EventType::Delete => {
                     self.emitted.remove(&key);

@@ -53,9 +53,7 @@ pub struct FileStore {
 
 impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStore")
-            .field("dir", &self.inner.layout.root)
-            .finish()
+        f.debug_struct("FileStore").field("dir", &self.inner.layout.root).finish()
     }
 }
 
@@ -78,11 +76,7 @@ impl FileStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let root = dir.into();
-        let layout = Layout {
-            keys: root.join("keys"),
-            leases: root.join("leases"),
-            root,
-        };
+        let layout = Layout { keys: root.join("keys"), leases: root.join("leases"), root };
         for dir in [&layout.keys, &layout.leases] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
@@ -146,8 +140,7 @@ impl KvStore for FileStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.blocking(move |layout| layout.remove_lease(lease))
-            .await
+        self.blocking(move |layout| layout.remove_lease(lease)).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
@@ -166,8 +159,7 @@ impl KvStore for FileStore {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let name = encode_key(key)?;
-        self.blocking(move |layout| layout.live_value(&name, &mut HashMap::new()))
-            .await
+        self.blocking(move |layout| layout.live_value(&name, &mut HashMap::new())).await
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -190,9 +182,7 @@ impl KvStore for FileStore {
         // The file watcher starts before the first scan, so no change falls between them.
         let file_events = watch_dir(&self.inner.layout.keys, Arc::clone(&wake));
         let owned_prefix = prefix.to_owned();
-        let initial = self
-            .blocking(move |layout| layout.scan(&owned_prefix))
-            .await?;
+        let initial = self.blocking(move |layout| layout.scan(&owned_prefix)).await?;
 
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stop = self.inner.cancel.child_token();
@@ -203,9 +193,7 @@ impl KvStore for FileStore {
             wake,
             stop: stop.clone(),
         };
-        self.inner
-            .tracker
-            .spawn(scanner.run(initial, tx, file_events));
+        self.inner.tracker.spawn(scanner.run(initial, tx, file_events));
         Ok(Box::pin(FileWatch {
             events: rx,
             _stop: stop.drop_guard(),
@@ -218,10 +206,8 @@ impl KvStore for FileStore {
 /// refuses one (e.g. out of inotify watches): polling alone then finds the changes.
 fn watch_dir(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let handler = move |_event: notify::Result<notify::Event>| wake.notify_one();
-    let started = notify::recommended_watcher(handler).and_then(|mut w| {
-        w.watch(dir, notify::RecursiveMode::NonRecursive)
-            .map(|()| w)
-    });
+    let started = notify::recommended_watcher(handler)
+        .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|()| w));
     match started {
         Ok(watcher) => Some(watcher),
         Err(e) => {
@@ -297,10 +283,7 @@ fn diff(old: &BTreeMap<String, Vec<u8>>, new: &BTreeMap<String, Vec<u8>>) -> Vec
     let puts = new
         .iter()
         .filter(|(key, value)| old.get(*key) != Some(*value))
-        .map(|(key, value)| WatchEvent::Put {
-            key: key.clone(),
-            value: value.clone(),
-        });
+        .map(|(key, value)| WatchEvent::Put { key: key.clone(), value: value.clone() });
     deletes.chain(puts).collect()
 }
 
@@ -344,12 +327,10 @@ impl Layout {
         let Some(content) = read_if_present(&path)? else {
             return Ok(None);
         };
-        LeaseRecord::parse(&content)
-            .map(Some)
-            .ok_or_else(|| Error::Malformed {
-                key: path.display().to_string(),
-                reason: "not a lease record".into(),
-            })
+        LeaseRecord::parse(&content).map(Some).ok_or_else(|| Error::Malformed {
+            key: path.display().to_string(),
+            reason: "not a lease record".into(),
+        })
     }
 
     /// Whether `id` is live. An expired lease file is removed on sight.
@@ -380,10 +361,7 @@ impl Layout {
             Some(id) if !self.lease_is_live(id, cache)? => {
                 // Re-read just before removing, to leave alone a value another process has
                 // written over the dead one in the meantime.
-                if self
-                    .read_key(&path)?
-                    .is_some_and(|again| again.lease == Some(id))
-                {
+                if self.read_key(&path)?.is_some_and(|again| again.lease == Some(id)) {
                     remove_if_present(&path)?;
                 }
                 Ok(None)
@@ -396,12 +374,10 @@ impl Layout {
         let Some(content) = read_if_present(path)? else {
             return Ok(None);
         };
-        KeyRecord::parse(content)
-            .map(Some)
-            .ok_or_else(|| Error::Malformed {
-                key: path.display().to_string(),
-                reason: "no lease line".into(),
-            })
+        KeyRecord::parse(content).map(Some).ok_or_else(|| Error::Malformed {
+            key: path.display().to_string(),
+            reason: "no lease line".into(),
+        })
     }
 
     /// Every live key under `prefix`, removing dead ones on the way.

@@ -197,11 +197,7 @@ impl KvStore for MemoryStore {
             let mut state = self.state();
             state.last_lease += 1;
             let id = state.last_lease;
-            let lease = Lease {
-                ttl,
-                deadline: Instant::now() + ttl,
-                keys: BTreeSet::new(),
-            };
+            let lease = Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() };
             state.leases.insert(id, lease);
             id
         };
@@ -211,10 +207,7 @@ impl KvStore for MemoryStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
         let mut state = self.state();
-        let entry = state
-            .leases
-            .get_mut(&lease)
-            .ok_or(Error::LeaseExpired(lease))?;
+        let entry = state.leases.get_mut(&lease).ok_or(Error::LeaseExpired(lease))?;
         entry.deadline = Instant::now() + entry.ttl;
         // The deadline only moved later, so the reaper's sleep stays correct: no wake needed.
         Ok(())
@@ -232,28 +225,18 @@ impl KvStore for MemoryStore {
             let bound = state.leases.get_mut(&id).ok_or(Error::LeaseExpired(id))?;
             bound.keys.insert(key.to_owned());
         }
-        let entry = Entry {
-            value: value.clone(),
-            lease,
-        };
+        let entry = Entry { value: value.clone(), lease };
         if let Some(old) = state.entries.insert(key.to_owned(), entry)
             && old.lease != lease
         {
             state.unbind(key, old.lease);
         }
-        state.publish(WatchEvent::Put {
-            key: key.to_owned(),
-            value,
-        });
+        state.publish(WatchEvent::Put { key: key.to_owned(), value });
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .state()
-            .entries
-            .get(key)
-            .map(|entry| entry.value.clone()))
+        Ok(self.state().entries.get(key).map(|entry| entry.value.clone()))
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -269,9 +252,7 @@ impl KvStore for MemoryStore {
             return Ok(false);
         };
         state.unbind(key, old.lease);
-        state.publish(WatchEvent::Delete {
-            key: key.to_owned(),
-        });
+        state.publish(WatchEvent::Delete { key: key.to_owned() });
         Ok(true)
     }
 
@@ -280,22 +261,13 @@ impl KvStore for MemoryStore {
         let mut state = self.state();
         // Snapshot and registration under one lock: no change can fall between them.
         for (key, entry) in under_prefix(&state.entries, prefix) {
-            let event = WatchEvent::Put {
-                key: key.clone(),
-                value: entry.value.clone(),
-            };
+            let event = WatchEvent::Put { key: key.clone(), value: entry.value.clone() };
             // The receiver is still held here, so the send cannot fail.
             let _ = tx.send(event);
         }
-        state.watchers.push(Watcher {
-            prefix: prefix.to_owned(),
-            events: tx,
-        });
+        state.watchers.push(Watcher { prefix: prefix.to_owned(), events: tx });
         drop(state);
-        Ok(Box::pin(MemoryWatch {
-            events: rx,
-            _store: Arc::clone(&self.shared),
-        }))
+        Ok(Box::pin(MemoryWatch { events: rx, _store: Arc::clone(&self.shared) }))
     }
 }
 
@@ -304,10 +276,7 @@ fn under_prefix<'a>(
     prefix: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
     entries
-        .range::<str, _>((
-            std::ops::Bound::Included(prefix),
-            std::ops::Bound::Unbounded,
-        ))
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
         .take_while(move |(key, _)| key.starts_with(prefix))
 }
 

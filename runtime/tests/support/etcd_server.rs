@@ -46,14 +46,8 @@ impl EtcdServer {
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for etcd: {e}"));
         let name = format!("test-{}", std::process::id());
-        let mut server = EtcdServer {
-            binary,
-            name,
-            client_port: 0,
-            peer_port: 0,
-            dir,
-            child: None,
-        };
+        let mut server =
+            EtcdServer { binary, name, client_port: 0, peer_port: 0, dir, child: None };
         for attempt in 1..=START_ATTEMPTS {
             server.client_port = free_port();
             server.peer_port = free_port();
@@ -143,9 +137,7 @@ impl EtcdServer {
             .append(true)
             .open(self.log_path())
             .map_err(|e| format!("cannot open {}: {e}", self.log_path().display()))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| format!("cannot clone the log handle: {e}"))?;
+        let log_err = log.try_clone().map_err(|e| format!("cannot clone the log handle: {e}"))?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
@@ -153,18 +145,8 @@ impl EtcdServer {
             .arg(&self.name)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .arg("--initial-cluster")
             .arg(format!("{}={peer}", self.name))
             .args(["--initial-cluster-state", "new"])
@@ -186,10 +168,7 @@ impl EtcdServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(format!(
-                    "etcd exited at start-up ({status}); {}",
-                    self.log_tail()
-                ));
+                return Err(format!("etcd exited at start-up ({status}); {}", self.log_tail()));
             }
             if healthy(address) {
                 return Ok(());
@@ -237,10 +216,7 @@ fn find_binary() -> PathBuf {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0")
         .unwrap_or_else(|e| panic!("cannot bind a free port on 127.0.0.1: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("cannot read the bound port: {e}"))
-        .port()
+    listener.local_addr().unwrap_or_else(|e| panic!("cannot read the bound port: {e}")).port()
 }
 
 /// True when etcd's `/health` says it is healthy (it has a leader).
@@ -261,7 +237,5 @@ fn http_get(address: SocketAddr, path: &str) -> Option<String> {
     if !response.starts_with("HTTP/1.1 200") {
         return None;
     }
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }

@@ -66,9 +66,7 @@ impl Actor {
                     Some(d) if now.saturating_duration_since(d) <= MAX_CATCH_UP => d,
                     _ => now,
                 };
-                sleep
-                    .as_mut()
-                    .reset(base + scaled(step.ms, self.speedup_ratio));
+                sleep.as_mut().reset(base + scaled(step.ms, self.speedup_ratio));
                 in_flight = true;
                 self.publish(&mut next_event_id);
             }
@@ -118,25 +116,18 @@ impl Actor {
             "the mocker engine stopped before the request finished",
         );
         self.publish(&mut next_event_id);
-        tracing::debug!(
-            preemptions = self.scheduler.preemptions(),
-            "mocker scheduler stopped"
-        );
+        tracing::debug!(preemptions = self.scheduler.preemptions(), "mocker scheduler stopped");
     }
 
     /// Sends the cache's new events, numbered, and the current load.
     fn publish(&mut self, next_event_id: &mut u64) {
         for data in self.scheduler.drain_events() {
-            let event = KvEvent {
-                event_id: *next_event_id,
-                data: Some(data),
-            };
+            let event = KvEvent { event_id: *next_event_id, data: Some(data) };
             *next_event_id += 1;
             // No subscriber is fine: ids still advance, so a later one sees only new ids.
             let _ = self.events.send(event);
         }
-        self.preemptions
-            .store(self.scheduler.preemptions(), Ordering::Relaxed);
+        self.preemptions.store(self.scheduler.preemptions(), Ordering::Relaxed);
         let load = self.scheduler.load();
         self.load.send_if_modified(|current| {
             let changed = *current != load;

@@ -176,20 +176,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let bad = MockerConfig {
-            block_size: 0,
-            ..MockerConfig::default()
-        };
+        let bad = MockerConfig { block_size: 0, ..MockerConfig::default() };
         assert!(message(&bad).contains("block_size"));
-        let bad = MockerConfig {
-            speedup_ratio: 0.0,
-            ..MockerConfig::default()
-        };
+        let bad = MockerConfig { speedup_ratio: 0.0, ..MockerConfig::default() };
         assert!(message(&bad).contains("speedup_ratio"));
-        let bad = MockerConfig {
-            watermark: 1.0,
-            ..MockerConfig::default()
-        };
+        let bad = MockerConfig { watermark: 1.0, ..MockerConfig::default() };
         assert!(message(&bad).contains("watermark"));
         let bad = MockerConfig {
             eos_probability: 0.5,
@@ -209,21 +200,15 @@ mod tests {
             ..MockerConfig::default()
         };
         assert!(message(&bad).contains("chunked prefill"));
-        let bad = MockerConfig {
-            vocab_size: 2,
-            eos_token_ids: vec![0, 1],
-            ..MockerConfig::default()
-        };
+        let bad =
+            MockerConfig { vocab_size: 2, eos_token_ids: vec![0, 1], ..MockerConfig::default() };
         assert!(message(&bad).contains("whole vocabulary"));
     }
 
     #[test]
     fn watermark_blocks_rounds_down() {
-        let config = MockerConfig {
-            num_gpu_blocks: 150,
-            watermark: 0.01,
-            ..MockerConfig::default()
-        };
+        let config =
+            MockerConfig { num_gpu_blocks: 150, watermark: 0.01, ..MockerConfig::default() };
         assert_eq!(config.watermark_blocks(), 1);
     }
 }

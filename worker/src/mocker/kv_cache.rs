@@ -157,9 +157,7 @@ impl KvCache {
             table.push(id);
         }
         if !evicted.is_empty() {
-            self.events.push(kv_event::Data::Removed(KvRemoved {
-                block_hashes: evicted,
-            }));
+            self.events.push(kv_event::Data::Removed(KvRemoved { block_hashes: evicted }));
         }
         true
     }
@@ -228,10 +226,7 @@ impl KvCache {
     }
 
     fn push_stored(&mut self, (parent_hash, block_hashes): (Option<u64>, Vec<u64>)) {
-        self.events.push(kv_event::Data::Stored(KvStored {
-            parent_hash,
-            block_hashes,
-        }));
+        self.events.push(kv_event::Data::Stored(KvStored { parent_hash, block_hashes }));
     }
 
     fn take_ref(&mut self, id: BlockId) {
@@ -252,10 +247,7 @@ impl KvCache {
     /// Panics when the block states disagree; O(blocks), for tests.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        assert_eq!(
-            self.active + self.lru.len() + self.free.len(),
-            self.blocks.len()
-        );
+        assert_eq!(self.active + self.lru.len() + self.free.len(), self.blocks.len());
         assert!(self.by_hash.len() <= self.blocks.len());
         let held = self.blocks.iter().filter(|b| b.refs > 0).count();
         assert_eq!(held, self.active);
@@ -264,18 +256,11 @@ impl KvCache {
         }
         for &id in &self.free {
             let meta = self.blocks[id as usize];
-            assert!(
-                meta.refs == 0 && meta.hash.is_none(),
-                "free block {id} is {meta:?}"
-            );
+            assert!(meta.refs == 0 && meta.hash.is_none(), "free block {id} is {meta:?}");
         }
         for (id, meta) in self.blocks.iter().enumerate() {
             let in_lru = self.lru.contains(id as u32);
-            assert_eq!(
-                in_lru,
-                meta.refs == 0 && meta.hash.is_some(),
-                "block {id}: {meta:?}"
-            );
+            assert_eq!(in_lru, meta.refs == 0 && meta.hash.is_some(), "block {id}: {meta:?}");
         }
     }
 }

@@ -69,13 +69,7 @@ fn equal_prefixes_share_blocks() {
     let a = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap_or_default();
     assert_eq!(cache.active_blocks(), 3);
     let prefix = cache.cached_prefix(&hashes(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0]));
-    assert_eq!(
-        prefix,
-        CachedPrefix {
-            blocks: 2,
-            evictable: 0
-        }
-    );
+    assert_eq!(prefix, CachedPrefix { blocks: 2, evictable: 0 });
     let b = admit(&mut cache, &[1, 2, 3, 4, 5, 6, 7, 8, 0]).unwrap_or_default();
     assert_eq!(a[..2], b[..2]);
     assert_ne!(a[2], b[2]);
@@ -91,25 +85,14 @@ fn released_blocks_stay_cached_and_are_evicted_tail_first() {
     assert_eq!(cache.active_blocks(), 0);
     assert_eq!(cache.available(), 3);
     let h = hashes(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-    assert_eq!(
-        cache.cached_prefix(&h),
-        CachedPrefix {
-            blocks: 3,
-            evictable: 3
-        }
-    );
+    assert_eq!(cache.cached_prefix(&h), CachedPrefix { blocks: 3, evictable: 3 });
     cache.drain_events().for_each(drop);
 
     // One fresh block evicts the last block of the released sequence, not its prefix.
     let mut table = Vec::new();
     assert!(cache.allocate(1, &mut table));
     let events: Vec<_> = cache.drain_events().collect();
-    assert_eq!(
-        events,
-        vec![kv_event::Data::Removed(KvRemoved {
-            block_hashes: vec![h[2]]
-        })]
-    );
+    assert_eq!(events, vec![kv_event::Data::Removed(KvRemoved { block_hashes: vec![h[2]] })]);
     assert_eq!(cache.cached_prefix(&h).blocks, 2);
     cache.check_invariants();
 }
@@ -134,10 +117,7 @@ fn a_duplicate_block_is_not_stored_twice() {
     assert!(cache.allocate(1, &mut b));
     cache.register(&a, &h, 0, 1);
     cache.register(&b, &h, 0, 1);
-    let stored = cache
-        .drain_events()
-        .filter(|e| matches!(e, kv_event::Data::Stored(_)))
-        .count();
+    let stored = cache.drain_events().filter(|e| matches!(e, kv_event::Data::Stored(_))).count();
     assert_eq!(stored, 1);
     cache.release(&mut b);
     cache.release(&mut a);
@@ -158,10 +138,7 @@ fn stored_events_chain_to_their_parent() {
     assert_eq!(
         events,
         vec![
-            kv_event::Data::Stored(KvStored {
-                parent_hash: None,
-                block_hashes: vec![h[0]]
-            }),
+            kv_event::Data::Stored(KvStored { parent_hash: None, block_hashes: vec![h[0]] }),
             kv_event::Data::Stored(KvStored {
                 parent_hash: Some(h[0]),
                 block_hashes: vec![h[1], h[2]]
@@ -196,24 +173,15 @@ fn clear_forgets_unused_blocks() {
 #[derive(Debug, Clone)]
 enum Op {
     /// A prompt made of shared prefix `prefix` (0..4 blocks of it) and a private tail.
-    Admit {
-        prefix: u8,
-        shared_blocks: u8,
-        tail: Vec<u32>,
-    },
+    Admit { prefix: u8, shared_blocks: u8, tail: Vec<u32> },
     /// Finish the `n`-th live sequence (mod the count).
     Release(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..3, 0u8..5, proptest::collection::vec(0u32..3, 0..10)).prop_map(
-            |(prefix, shared_blocks, tail)| Op::Admit {
-                prefix,
-                shared_blocks,
-                tail
-            }
-        ),
+        (0u8..3, 0u8..5, proptest::collection::vec(0u32..3, 0..10))
+            .prop_map(|(prefix, shared_blocks, tail)| Op::Admit { prefix, shared_blocks, tail }),
         any::<usize>().prop_map(Op::Release),
     ]
 }

@@ -35,9 +35,7 @@ impl TokenSampler {
     /// The sampler of one request. The seed is `sampling.seed`, or derived from the request
     /// id so a retried request generates the same text.
     pub(crate) fn new(config: &MockerConfig, sampling: &SamplingParams, request_id: &str) -> Self {
-        let seed = sampling
-            .seed
-            .unwrap_or_else(|| xxh3_64(request_id.as_bytes()));
+        let seed = sampling.seed.unwrap_or_else(|| xxh3_64(request_id.as_bytes()));
         let eos_ids = sorted_in_vocab(config.eos_token_ids.iter().copied(), config.vocab_size);
         let stop_ids = sorted_in_vocab(sampling.stop_token_ids.iter().copied(), u32::MAX);
         let excluded_early =
@@ -45,11 +43,7 @@ impl TokenSampler {
         Self {
             seed,
             vocab_size: config.vocab_size,
-            eos_probability: if sampling.ignore_eos {
-                0.0
-            } else {
-                config.eos_probability
-            },
+            eos_probability: if sampling.ignore_eos { 0.0 } else { config.eos_probability },
             excluded: eos_ids.clone(),
             eos_ids,
             stop_ids,
@@ -70,17 +64,10 @@ impl TokenSampler {
             let draw = unit_f64(self.draw(index, 1));
             if draw < self.eos_probability {
                 let pick = self.draw(index, 2) % self.eos_ids.len() as u64;
-                return Sampled {
-                    token: self.eos_ids[pick as usize],
-                    stops: true,
-                };
+                return Sampled { token: self.eos_ids[pick as usize], stops: true };
             }
         }
-        let excluded = if may_stop {
-            &self.excluded
-        } else {
-            &self.excluded_early
-        };
+        let excluded = if may_stop { &self.excluded } else { &self.excluded_early };
         let choices = u64::from(self.vocab_size) - excluded.len() as u64;
         // Multiply-shift maps the draw onto 0..choices without modulo bias worth noting.
         let mut token = ((u128::from(self.draw(index, 0)) * u128::from(choices)) >> 64) as u32;
@@ -92,18 +79,14 @@ impl TokenSampler {
                 break;
             }
         }
-        Sampled {
-            token,
-            stops: may_stop && self.stop_ids.binary_search(&token).is_ok(),
-        }
+        Sampled { token, stops: may_stop && self.stop_ids.binary_search(&token).is_ok() }
     }
 
     /// SplitMix64 over (seed, index, stream): independent streams per purpose.
     fn draw(&self, index: u32, stream: u64) -> u64 {
         let counter = (u64::from(index) << 2) | stream;
-        let mut z = self
-            .seed
-            .wrapping_add(counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z =
+            self.seed.wrapping_add(counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -131,11 +114,8 @@ mod tests {
 
     #[test]
     fn ordinary_tokens_avoid_eos_and_stay_in_vocab() {
-        let config = MockerConfig {
-            vocab_size: 5,
-            eos_token_ids: vec![0, 3],
-            ..MockerConfig::default()
-        };
+        let config =
+            MockerConfig { vocab_size: 5, eos_token_ids: vec![0, 3], ..MockerConfig::default() };
         let s = sampler(&config, SamplingParams::default());
         let mut seen = [0u32; 5];
         for i in 0..3000 {
@@ -153,10 +133,7 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_the_request_id_seeds_by_default() {
         let config = MockerConfig::default();
-        let seeded = SamplingParams {
-            seed: Some(7),
-            ..SamplingParams::default()
-        };
+        let seeded = SamplingParams { seed: Some(7), ..SamplingParams::default() };
         let a = TokenSampler::new(&config, &seeded, "a");
         let b = TokenSampler::new(&config, &seeded, "b");
         let c = TokenSampler::new(&config, &SamplingParams::default(), "a");
@@ -174,43 +151,23 @@ mod tests {
             eos_token_ids: vec![2],
             ..MockerConfig::default()
         };
-        let params = SamplingParams {
-            min_tokens: 10,
-            ..SamplingParams::default()
-        };
+        let params = SamplingParams { min_tokens: 10, ..SamplingParams::default() };
         let s = sampler(&config, params.clone());
         assert!((0..10).all(|i| !s.sample(i).stops));
         let eos = (10..4010).filter(|&i| s.sample(i).stops).count();
         assert!((800..1200).contains(&eos), "{eos}");
-        assert!(
-            (10..4010)
-                .filter(|&i| s.sample(i).stops)
-                .all(|i| s.sample(i).token == 2)
-        );
-        let ignoring = sampler(
-            &config,
-            SamplingParams {
-                ignore_eos: true,
-                ..params
-            },
-        );
+        assert!((10..4010).filter(|&i| s.sample(i).stops).all(|i| s.sample(i).token == 2));
+        let ignoring = sampler(&config, SamplingParams { ignore_eos: true, ..params });
         assert!((0..4000).all(|i| !ignoring.sample(i).stops));
     }
 
     #[test]
     fn stop_token_ids_stop_only_after_min_tokens() {
-        let config = MockerConfig {
-            vocab_size: 4,
-            eos_token_ids: vec![0],
-            ..MockerConfig::default()
-        };
+        let config =
+            MockerConfig { vocab_size: 4, eos_token_ids: vec![0], ..MockerConfig::default() };
         let s = sampler(
             &config,
-            SamplingParams {
-                stop_token_ids: vec![1],
-                min_tokens: 5,
-                ..SamplingParams::default()
-            },
+            SamplingParams { stop_token_ids: vec![1], min_tokens: 5, ..SamplingParams::default() },
         );
         assert!((0..5).all(|i| !s.sample(i).stops && s.sample(i).token != 1));
         let first_stop = (5..1000).find(|&i| s.sample(i).stops);

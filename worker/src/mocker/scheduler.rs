@@ -74,13 +74,7 @@ impl Scheduler {
     pub(crate) fn add(&mut self, seq: Sequence) {
         self.waiting.push_back(seq.id);
         self.num_waiting += 1;
-        self.sequences.insert(
-            seq.id,
-            Entry {
-                seq,
-                running: false,
-            },
-        );
+        self.sequences.insert(seq.id, Entry { seq, running: false });
     }
 
     pub(crate) fn has_work(&self) -> bool {
@@ -129,11 +123,7 @@ impl Scheduler {
                 let ok = self.cache.allocate(need, &mut entry.seq.blocks);
                 debug_assert!(ok, "room was made above");
             }
-            self.step.push(Scheduled {
-                id,
-                tokens,
-                prefill,
-            });
+            self.step.push(Scheduled { id, tokens, prefill });
             budget -= tokens;
             i += 1;
         }
@@ -144,19 +134,11 @@ impl Scheduler {
             self.admit_waiting(budget);
         }
 
-        let prefill_tokens = self
-            .step
-            .iter()
-            .filter(|s| s.prefill)
-            .map(|s| s.tokens)
-            .sum();
+        let prefill_tokens = self.step.iter().filter(|s| s.prefill).map(|s| s.tokens).sum();
         let decodes = self.step.iter().filter(|s| !s.prefill).count();
         let kv_usage = self.cache.usage();
         StepSummary {
-            ms: self
-                .config
-                .profile
-                .step_ms(prefill_tokens, decodes, kv_usage),
+            ms: self.config.profile.step_ms(prefill_tokens, decodes, kv_usage),
             prefill_tokens,
             decodes,
             kv_usage,
@@ -197,19 +179,14 @@ impl Scheduler {
             };
             let seq = &mut entry.seq;
             let mut blocks = std::mem::take(&mut seq.blocks);
-            self.cache
-                .acquire_prefix(seq.hashes(), prefix.blocks, &mut blocks);
+            self.cache.acquire_prefix(seq.hashes(), prefix.blocks, &mut blocks);
             let ok = self.cache.allocate(fresh, &mut blocks);
             debug_assert!(ok, "capacity was checked above");
             seq.blocks = blocks;
             seq.admit(prefix.blocks, bs);
             entry.running = true;
             self.running.push(id);
-            self.step.push(Scheduled {
-                id,
-                tokens,
-                prefill: true,
-            });
+            self.step.push(Scheduled { id, tokens, prefill: true });
             budget -= tokens;
         }
     }
@@ -363,10 +340,7 @@ fn error_chunk(seq: &Sequence, kind: ErrorKind, message: &str) -> GenerateChunk 
     GenerateChunk {
         finish_reason: FinishReason::Error as i32,
         usage: Some(seq.usage()),
-        error: Some(WorkerError {
-            kind: kind as i32,
-            message: message.to_owned(),
-        }),
+        error: Some(WorkerError { kind: kind as i32, message: message.to_owned() }),
         ..GenerateChunk::default()
     }
 }

@@ -25,24 +25,15 @@ fn request(tokens: Vec<u32>, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         request_id: "r".to_owned(),
         token_ids: tokens,
-        sampling: Some(SamplingParams {
-            max_tokens,
-            seed: Some(1),
-            ..SamplingParams::default()
-        }),
+        sampling: Some(SamplingParams { max_tokens, seed: Some(1), ..SamplingParams::default() }),
         ..GenerateRequest::default()
     }
 }
 
 fn add(s: &mut Scheduler, id: SeqId, tokens: Vec<u32>, max_tokens: u32) -> Output {
     let (tx, rx) = mpsc::unbounded_channel();
-    let seq = Sequence::new(
-        id,
-        &s.config,
-        request(tokens, max_tokens),
-        tx,
-        CancellationToken::new(),
-    );
+    let seq =
+        Sequence::new(id, &s.config, request(tokens, max_tokens), tx, CancellationToken::new());
     match seq {
         Ok(seq) => s.add(seq),
         Err(e) => panic!("invalid test request: {e}"),
@@ -159,13 +150,8 @@ fn a_step_holding_prefill_and_decode_costs_both() {
 
 #[test]
 fn max_num_seqs_bounds_the_batch() {
-    let mut s = Scheduler::new(MockerConfig {
-        max_num_seqs: 2,
-        ..config()
-    });
-    let _rx: Vec<Output> = (0..4)
-        .map(|i| add(&mut s, i, vec![i as u32; 3], 4))
-        .collect();
+    let mut s = Scheduler::new(MockerConfig { max_num_seqs: 2, ..config() });
+    let _rx: Vec<Output> = (0..4).map(|i| add(&mut s, i, vec![i as u32; 3], 4)).collect();
     s.schedule();
     let load = s.load();
     assert_eq!((load.active_requests, load.waiting_requests), (2, 2));
@@ -222,14 +208,10 @@ fn a_block_aligned_prompt_recomputes_its_last_block() {
 
 #[test]
 fn under_pressure_the_newest_is_preempted_and_every_request_finishes() {
-    let mut s = Scheduler::new(MockerConfig {
-        num_gpu_blocks: 12,
-        max_num_batched_tokens: 64,
-        ..config()
-    });
-    let mut outputs: Vec<Output> = (0..6)
-        .map(|i| add(&mut s, i, (0..8).map(|t| t + 100 * i as u32).collect(), 30))
-        .collect();
+    let mut s =
+        Scheduler::new(MockerConfig { num_gpu_blocks: 12, max_num_batched_tokens: 64, ..config() });
+    let mut outputs: Vec<Output> =
+        (0..6).map(|i| add(&mut s, i, (0..8).map(|t| t + 100 * i as u32).collect(), 30)).collect();
     run(&mut s);
     assert!(s.preemptions() > 0);
     for rx in &mut outputs {
@@ -244,13 +226,9 @@ fn under_pressure_the_newest_is_preempted_and_every_request_finishes() {
 #[test]
 fn preemption_does_not_change_the_tokens() {
     let tokens_with = |blocks: u64| {
-        let mut s = Scheduler::new(MockerConfig {
-            num_gpu_blocks: blocks,
-            ..config()
-        });
-        let mut outputs: Vec<Output> = (0..4)
-            .map(|i| add(&mut s, i, vec![i as u32; 6], 20))
-            .collect();
+        let mut s = Scheduler::new(MockerConfig { num_gpu_blocks: blocks, ..config() });
+        let mut outputs: Vec<Output> =
+            (0..4).map(|i| add(&mut s, i, vec![i as u32; 6], 20)).collect();
         run(&mut s);
         let preempted = s.preemptions() > 0;
         let tokens: Vec<Vec<u32>> = outputs.iter_mut().map(|rx| drain(rx).0).collect();
@@ -289,10 +267,7 @@ fn a_dropped_output_leaves_at_the_next_token() {
 
 #[test]
 fn a_cancelled_waiting_request_is_skipped() {
-    let mut s = Scheduler::new(MockerConfig {
-        max_num_seqs: 1,
-        ..config()
-    });
+    let mut s = Scheduler::new(MockerConfig { max_num_seqs: 1, ..config() });
     let _a = add(&mut s, 0, vec![1; 4], 2);
     let _b = add(&mut s, 1, vec![2; 4], 2);
     let mut c = add(&mut s, 2, vec![3; 4], 2);
@@ -305,24 +280,17 @@ fn a_cancelled_waiting_request_is_skipped() {
 #[test]
 fn fail_all_ends_every_request_with_an_error_and_clears_the_cache() {
     let mut s = Scheduler::new(config());
-    let mut rx: Vec<Output> = (0..3)
-        .map(|i| add(&mut s, i, vec![i as u32; 9], 9))
-        .collect();
+    let mut rx: Vec<Output> = (0..3).map(|i| add(&mut s, i, vec![i as u32; 9], 9)).collect();
     s.schedule();
     s.finish_step();
     s.fail_all(ErrorKind::ShuttingDown, "bye");
     for r in &mut rx {
         let last = drain(r).1.unwrap_or_default();
         assert_eq!(last.finish_reason(), FinishReason::Error);
-        assert_eq!(
-            last.error.unwrap_or_default().kind(),
-            ErrorKind::ShuttingDown
-        );
+        assert_eq!(last.error.unwrap_or_default().kind(), ErrorKind::ShuttingDown);
     }
     assert!(!s.has_work());
-    let cleared = s
-        .drain_events()
-        .any(|e| matches!(e, kv_event::Data::Cleared(_)));
+    let cleared = s.drain_events().any(|e| matches!(e, kv_event::Data::Cleared(_)));
     assert!(cleared);
     s.cache().check_invariants();
 }

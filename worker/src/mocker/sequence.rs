@@ -120,9 +120,7 @@ impl Sequence {
 
     /// Blocks the sequence must hold to compute `new_tokens` more tokens.
     pub(crate) fn blocks_needed(&self, new_tokens: usize, block_size: usize) -> usize {
-        (self.computed + new_tokens)
-            .div_ceil(block_size)
-            .saturating_sub(self.blocks.len())
+        (self.computed + new_tokens).div_ceil(block_size).saturating_sub(self.blocks.len())
     }
 
     /// Marks `new_tokens` as computed; returns the range of blocks that just became full

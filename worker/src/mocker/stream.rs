@@ -22,11 +22,7 @@ impl OutputStream {
         chunks: mpsc::UnboundedReceiver<GenerateChunk>,
         abort: CancellationToken,
     ) -> Self {
-        Self {
-            chunks,
-            finished: false,
-            _abort: abort.drop_guard(),
-        }
+        Self { chunks, finished: false, _abort: abort.drop_guard() }
     }
 }
 

@@ -62,16 +62,8 @@ impl TimingProfile {
     pub fn h100() -> Self {
         Self {
             name: "h100 (NVIDIA Dynamo mocker default polynomials)".to_owned(),
-            prefill: Quadratic {
-                c2: 4.209989e-7,
-                c1: 0.01518344,
-                c0: 16.50142,
-            },
-            decode: Quadratic {
-                c2: -25.74,
-                c1: 54.01,
-                c0: 5.74,
-            },
+            prefill: Quadratic { c2: 4.209989e-7, c1: 0.01518344, c0: 16.50142 },
+            decode: Quadratic { c2: -25.74, c1: 54.01, c0: 5.74 },
             decode_floor_ms: 1.0,
         }
     }
@@ -89,16 +81,8 @@ impl TimingProfile {
     /// Milliseconds of a step that computes `prefill_tokens` prompt tokens and decodes
     /// `decodes` sequences at KV usage `kv_usage`, before the speed-up ratio.
     pub fn step_ms(&self, prefill_tokens: usize, decodes: usize, kv_usage: f64) -> f64 {
-        let prefill = if prefill_tokens > 0 {
-            self.prefill_ms(prefill_tokens)
-        } else {
-            0.0
-        };
-        let decode = if decodes > 0 {
-            self.decode_ms(kv_usage)
-        } else {
-            0.0
-        };
+        let prefill = if prefill_tokens > 0 { self.prefill_ms(prefill_tokens) } else { 0.0 };
+        let decode = if decodes > 0 { self.decode_ms(kv_usage) } else { 0.0 };
         prefill + decode
     }
 

@@ -16,10 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(3600);
 
 pub fn card() -> ModelCard {
-    ModelCard {
-        model: "mock-model".to_owned(),
-        ..ModelCard::default()
-    }
+    ModelCard { model: "mock-model".to_owned(), ..ModelCard::default() }
 }
 
 pub fn start(config: MockerConfig) -> (MockerEngine, CancellationToken) {
@@ -35,10 +32,7 @@ pub fn request(id: &str, tokens: Vec<u32>, max_tokens: u32) -> GenerateRequest {
         request_id: id.to_owned(),
         model: "mock-model".to_owned(),
         token_ids: tokens,
-        sampling: Some(SamplingParams {
-            max_tokens,
-            ..SamplingParams::default()
-        }),
+        sampling: Some(SamplingParams { max_tokens, ..SamplingParams::default() }),
         ..GenerateRequest::default()
     }
 }
@@ -84,10 +78,7 @@ pub async fn collect(mut stream: EngineStream, start: Instant) -> Response {
             response.last = chunk;
             // Nothing may follow the last chunk.
             let after = timeout(WAIT, stream.next()).await;
-            assert!(
-                matches!(after, Ok(None)),
-                "a chunk after the last: {after:?}"
-            );
+            assert!(matches!(after, Ok(None)), "a chunk after the last: {after:?}");
             return response;
         }
     }

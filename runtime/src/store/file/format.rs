@@ -20,10 +20,7 @@ pub(super) struct LeaseRecord {
 impl LeaseRecord {
     pub(super) fn starting_now(ttl: Duration) -> LeaseRecord {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        LeaseRecord {
-            deadline_ms: now_ms().saturating_add(ttl_ms),
-            ttl_ms,
-        }
+        LeaseRecord { deadline_ms: now_ms().saturating_add(ttl_ms), ttl_ms }
     }
 
     /// The content of a lease file.
@@ -40,10 +37,7 @@ impl LeaseRecord {
         let mut fields = text.split_whitespace();
         let deadline_ms = fields.next()?.strip_prefix("deadline_ms=")?.parse().ok()?;
         let ttl_ms = fields.next()?.strip_prefix("ttl_ms=")?.parse().ok()?;
-        Some(LeaseRecord {
-            deadline_ms,
-            ttl_ms,
-        })
+        Some(LeaseRecord { deadline_ms, ttl_ms })
     }
 }
 
@@ -65,17 +59,12 @@ impl KeyRecord {
         let header = std::str::from_utf8(&content[..newline]).ok()?;
         let lease: LeaseId = header.strip_prefix("lease=")?.parse().ok()?;
         let value = content.split_off(newline + 1);
-        Some(KeyRecord {
-            lease: (lease != 0).then_some(lease),
-            value,
-        })
+        Some(KeyRecord { lease: (lease != 0).then_some(lease), value })
     }
 }
 
 pub(super) fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -123,9 +112,7 @@ pub(super) fn encode_key(key: &str) -> Result<String> {
         }
     }
     if name.len() > MAX_FILE_NAME {
-        return Err(Error::Store(format!(
-            "key too long for the file store: {key}"
-        )));
+        return Err(Error::Store(format!("key too long for the file store: {key}")));
     }
     Ok(name)
 }
@@ -158,12 +145,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_file_names() {
-        for key in [
-            "/switchyard/default/instances/abc",
-            "a b%c/é/..",
-            ".",
-            "-_x",
-        ] {
+        for key in ["/switchyard/default/instances/abc", "a b%c/é/..", ".", "-_x"] {
             let name = encode_key(key).unwrap();
             assert!(!name.starts_with('.'));
             assert!(!name.contains('/'));

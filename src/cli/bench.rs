@@ -1,0 +1,341 @@
+//! `switchyard bench`: the load generator with sglang.bench_serving's flags, against a server
+//! (`--base-url`) or against local topologies it starts itself (`--topology agg:1,agg:2`,
+//! through the same code as `switchyard up`); `switchyard bench compare FILE…` puts result
+//! files side by side.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use switchyard_bench::config::{Backend, Goodput, RequestRate, RunConfig};
+use switchyard_bench::dataset::{DatasetConfig, DatasetKind};
+use switchyard_bench::output::compare;
+use switchyard_bench::output::summary::summary;
+use switchyard_bench::sweep::{Bench, BenchPlan, PointResult, Target};
+use switchyard_bench::topology::{self, TopologySpec};
+use tokio_util::sync::CancellationToken;
+
+use super::up::{LocalTopology, UpArgs};
+use super::worker::ServeArgs;
+use crate::env_names as env;
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+
+    /// Server to benchmark, e.g. http://127.0.0.1:8000 [default: http://HOST:PORT].
+    #[arg(long, env = env::BENCH_BASE_URL)]
+    pub base_url: Option<String>,
+    /// Host of the server when --base-url is not given.
+    #[arg(long, env = env::BENCH_HOST, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the server when --base-url is not given.
+    #[arg(long, env = env::BENCH_PORT, default_value_t = 8000)]
+    pub port: u16,
+    /// `model` of every request [default: the first model the server lists].
+    #[arg(long, env = env::BENCH_MODEL)]
+    pub model: Option<String>,
+    /// API flavour, as bench_serving names it: sglang-oai, vllm, lmdeploy, openai (text
+    /// completions); sglang-oai-chat, vllm-chat, lmdeploy-chat, openai-chat (chat).
+    #[arg(long, env = env::BENCH_BACKEND, default_value = "sglang-oai")]
+    pub backend: String,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long, env = env::BENCH_API_KEY, hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// random, sharegpt, generated-shared-prefix, jsonl or multi-turn.
+    #[arg(long, env = env::BENCH_DATASET_NAME, default_value = "random")]
+    pub dataset_name: String,
+    /// The ShareGPT JSON or JSONL file.
+    #[arg(long, env = env::BENCH_DATASET_PATH)]
+    pub dataset_path: Option<PathBuf>,
+    /// Requests to send (conversations, for multi-turn).
+    #[arg(long, env = env::BENCH_NUM_PROMPTS, default_value_t = 1000)]
+    pub num_prompts: usize,
+    #[arg(long, env = env::BENCH_RANDOM_INPUT_LEN, default_value_t = 1024)]
+    pub random_input_len: u32,
+    #[arg(long, env = env::BENCH_RANDOM_OUTPUT_LEN, default_value_t = 1024)]
+    pub random_output_len: u32,
+    /// Lengths are drawn from [LEN * RATIO, LEN]; 1 makes them exact.
+    #[arg(long, env = env::BENCH_RANDOM_RANGE_RATIO, default_value_t = 0.0)]
+    pub random_range_ratio: f64,
+    /// Fixed output length for ShareGPT [default: the reply's length].
+    #[arg(long, env = env::BENCH_SHAREGPT_OUTPUT_LEN)]
+    pub sharegpt_output_len: Option<u32>,
+    /// Skip ShareGPT pairs longer than this (prompt + output tokens).
+    #[arg(long, env = env::BENCH_SHAREGPT_CONTEXT_LEN)]
+    pub sharegpt_context_len: Option<usize>,
+    #[arg(long, env = env::BENCH_GSP_NUM_GROUPS, default_value_t = 64)]
+    pub gsp_num_groups: usize,
+    #[arg(long, env = env::BENCH_GSP_PROMPTS_PER_GROUP, default_value_t = 16)]
+    pub gsp_prompts_per_group: usize,
+    #[arg(long, env = env::BENCH_GSP_SYSTEM_PROMPT_LEN, default_value_t = 2048)]
+    pub gsp_system_prompt_len: u32,
+    #[arg(long, env = env::BENCH_GSP_QUESTION_LEN, default_value_t = 128)]
+    pub gsp_question_len: u32,
+    #[arg(long, env = env::BENCH_GSP_OUTPUT_LEN, default_value_t = 256)]
+    pub gsp_output_len: u32,
+    /// User turns per conversation of the multi-turn dataset.
+    #[arg(long, env = env::BENCH_MULTI_TURN_TURNS, default_value_t = 4)]
+    pub multi_turn_turns: usize,
+    /// Tokenizer prompts are made and measured with: a tokenizer.json, a model directory, an
+    /// HF repo id in the local cache, or builtin:tiny [default: builtin:tiny; with --topology,
+    /// the workers' --model-path].
+    #[arg(long, env = env::BENCH_TOKENIZER)]
+    pub tokenizer: Option<String>,
+
+    /// Requests per second (Poisson arrivals), or inf; a comma list runs one point per value.
+    #[arg(long, env = env::BENCH_REQUEST_RATE, default_value = "inf")]
+    pub request_rate: String,
+    /// Gamma shape of the arrivals: 1 is Poisson, < 1 burstier, > 1 more regular.
+    #[arg(long, env = env::BENCH_BURSTINESS, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Most requests in flight; a comma list runs one point per value.
+    #[arg(long, env = env::BENCH_MAX_CONCURRENCY)]
+    pub max_concurrency: Option<String>,
+    #[arg(long, env = env::BENCH_WARMUP_REQUESTS, default_value_t = 1)]
+    pub warmup_requests: usize,
+    #[arg(long, env = env::BENCH_SEED, default_value_t = 1)]
+    pub seed: u64,
+    /// Limit of one request, in seconds.
+    #[arg(long, env = env::BENCH_REQUEST_TIMEOUT_SECS, default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    #[arg(long, env = env::BENCH_DISABLE_STREAM)]
+    pub disable_stream: bool,
+    #[arg(long, env = env::BENCH_DISABLE_IGNORE_EOS)]
+    pub disable_ignore_eos: bool,
+    /// JSON object merged into every request body.
+    #[arg(long, env = env::BENCH_EXTRA_REQUEST_BODY)]
+    pub extra_request_body: Option<String>,
+    /// Service-level objectives for goodput: ttft:MS tpot:MS e2el:MS.
+    #[arg(long, env = env::BENCH_GOODPUT, num_args = 1..)]
+    pub goodput: Vec<String>,
+
+    /// Append one JSONL line per run (bench_serving's keys, then Switchyard's).
+    #[arg(long, env = env::BENCH_OUTPUT_FILE)]
+    pub output_file: Option<PathBuf>,
+    /// Add per-request lists to the JSONL line.
+    #[arg(long, env = env::BENCH_OUTPUT_DETAILS)]
+    pub output_details: bool,
+    /// Label of the run in the JSONL line and in comparisons.
+    #[arg(long, env = env::BENCH_TAG)]
+    pub tag: Option<String>,
+    /// Write an HTML page with latency CDFs (and throughput vs latency for several runs).
+    #[arg(long, env = env::BENCH_REPORT)]
+    pub report: Option<PathBuf>,
+    /// No progress bar (it is shown only when stdout is a terminal anyway).
+    #[arg(long, env = env::BENCH_DISABLE_TQDM)]
+    pub disable_tqdm: bool,
+    /// Price of one GPU-hour: adds cost per 1M output tokens and per request.
+    #[arg(long, env = env::BENCH_GPU_COST_PER_HOUR)]
+    pub gpu_cost_per_hour: Option<f64>,
+    /// GPUs behind the server [default: 1; with --topology, one per worker].
+    #[arg(long, env = env::BENCH_GPUS)]
+    pub gpus: Option<f64>,
+
+    /// Start these local topologies one after another and run the workload on each, e.g.
+    /// agg:1,agg:2,agg:4 (N aggregated mocker workers behind one frontend).
+    #[arg(long, env = env::BENCH_TOPOLOGY)]
+    pub topology: Option<String>,
+    #[command(flatten, next_help_heading = "Workers of --topology")]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Print result files side by side (switchyard bench's or sglang.bench_serving's JSONL).
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// JSONL files; every line is one run.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// CSV (one row per run, every key) instead of the table.
+    #[arg(long, env = env::BENCH_CSV)]
+    pub csv: bool,
+}
+
+pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Compare(compare)) = &args.command {
+        let runs = compare::read_files(&compare.files)?;
+        if compare.csv {
+            print!("{}", compare::csv(&runs));
+        } else {
+            print!("{}", compare::table(&runs));
+        }
+        return Ok(());
+    }
+    let topologies = args.topology.as_deref().map(topology::parse_list).transpose()?;
+    let plan = plan(&args, topologies.is_some())?;
+    let bench = tokio::task::spawn_blocking(move || Bench::prepare(plan))
+        .await
+        .context("preparing the workload")??;
+    let d = bench.dataset();
+    let (input, output) = d
+        .sessions
+        .iter()
+        .flat_map(|s| &s.turns)
+        .fold((0, 0), |(i, o), t| (i + t.prompt_len, o + t.output_len as usize));
+    println!(
+        "{} requests ({}): {input} input tokens, {output} output tokens asked",
+        d.num_requests(),
+        d.kind.name()
+    );
+    let show = |r: &PointResult| print!("{}", summary(&r.info, &r.metrics));
+    let mut results = Vec::new();
+    match topologies {
+        None => {
+            let base_url = args
+                .base_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
+            results.extend(bench.run_target(&Target::url(&base_url), &shutdown, show).await?);
+        }
+        Some(topologies) => {
+            for spec in &topologies {
+                results.extend(run_topology(&bench, spec, &args.serve, &shutdown).await?);
+            }
+        }
+    }
+    let table = bench.finish(&results)?;
+    if !table.is_empty() {
+        println!("\n{:=^50}\n{table}", " Comparison ");
+    }
+    if let Some(path) = &args.output_file {
+        println!("results appended to {}", path.display());
+    }
+    if let Some(path) = &args.report {
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Starts `spec` locally (as `switchyard up` would), runs every sweep point on it, stops it.
+async fn run_topology(
+    bench: &Bench,
+    spec: &TopologySpec,
+    serve: &ServeArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<PointResult>> {
+    let workers = spec.workers.to_string();
+    let mut up = UpArgs::from_flags(&[
+        "--workers",
+        &workers,
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+    ])
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    up.serve = serve.clone();
+    let listener = up.http.bind().await?;
+    println!("starting topology {} ({} mocker worker(s))", spec.name, spec.workers);
+    let topology = LocalTopology::start(&up, listener, shutdown.clone())
+        .await
+        .with_context(|| format!("starting topology {}", spec.name))?;
+    let target = Target {
+        base_url: topology.url().to_owned(),
+        topology: Some(spec.name.clone()),
+        server_info: json!({
+            "topology": spec.name,
+            "workers": spec.workers,
+            "engine": "mocker",
+            "model": serve.served_name(),
+            "speedup_ratio": serve.mocker.speedup_ratio,
+        }),
+        default_gpus: Some(spec.workers as f64),
+    };
+    let show = |r: &PointResult| print!("{}", summary(&r.info, &r.metrics));
+    let results = bench.run_target(&target, shutdown, show).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), topology.stop()).await;
+    let results = results?;
+    stopped.context("the topology did not stop within 60 s")??;
+    Ok(results)
+}
+
+fn list<T>(
+    value: &str,
+    parse: impl Fn(&str) -> Result<T, switchyard_bench::Error>,
+) -> anyhow::Result<Vec<T>> {
+    let items: Vec<T> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(!items.is_empty(), "empty list {value:?}");
+    Ok(items)
+}
+
+/// The flags as a plan, checked.
+fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
+    let backend: Backend = a.backend.parse()?;
+    let mut run = RunConfig::new("http://unset", backend);
+    run.burstiness = a.burstiness;
+    run.warmup_requests = a.warmup_requests;
+    run.seed = a.seed;
+    run.stream = !a.disable_stream;
+    run.ignore_eos = !a.disable_ignore_eos;
+    run.api_key = a.api_key.clone();
+    run.request_timeout = Duration::from_secs(a.request_timeout_secs);
+    run.goodput = Goodput::parse(&a.goodput)?;
+    run.progress = !a.disable_tqdm && std::io::stdout().is_terminal();
+    if let Some(extra) = &a.extra_request_body {
+        let value: serde_json::Value =
+            serde_json::from_str(extra).context("--extra-request-body is not JSON")?;
+        run.extra_request_body = match value {
+            serde_json::Value::Object(map) => map,
+            _ => anyhow::bail!("--extra-request-body must be a JSON object"),
+        };
+    }
+    let dataset = DatasetConfig {
+        kind: a.dataset_name.parse::<DatasetKind>()?,
+        path: a.dataset_path.clone(),
+        num_prompts: a.num_prompts,
+        random_input_len: a.random_input_len,
+        random_output_len: a.random_output_len,
+        random_range_ratio: a.random_range_ratio,
+        sharegpt_output_len: a.sharegpt_output_len,
+        sharegpt_context_len: a.sharegpt_context_len,
+        gsp_num_groups: a.gsp_num_groups,
+        gsp_prompts_per_group: a.gsp_prompts_per_group,
+        gsp_system_prompt_len: a.gsp_system_prompt_len,
+        gsp_question_len: a.gsp_question_len,
+        gsp_output_len: a.gsp_output_len,
+        multi_turn_turns: a.multi_turn_turns,
+        seed: a.seed,
+    };
+    let mut plan = BenchPlan::new(run, dataset);
+    plan.request_rates = list(&a.request_rate, str::parse::<RequestRate>)?;
+    plan.max_concurrencies = match &a.max_concurrency {
+        None => vec![None],
+        Some(v) => list(v, |s| {
+            s.parse::<usize>().ok().filter(|n| *n > 0).map(Some).ok_or_else(|| {
+                switchyard_bench::Error::Config(format!(
+                    "--max-concurrency {s:?}: expected a number >= 1"
+                ))
+            })
+        })?,
+    };
+    // The topology runner knows what its workers serve.
+    plan.model = a.model.clone().or_else(|| topology.then(|| a.serve.served_name()));
+    plan.tokenizer = match (&a.tokenizer, topology) {
+        (Some(tokenizer), _) => tokenizer.clone(),
+        (None, true) => a.serve.model_path.clone(),
+        (None, false) => switchyard_model::DEFAULT_SOURCE.to_owned(),
+    };
+    plan.tag = a.tag.clone();
+    plan.output_file = a.output_file.clone();
+    plan.output_details = a.output_details;
+    plan.report = a.report.clone();
+    plan.gpu_cost_per_hour = a.gpu_cost_per_hour;
+    plan.gpus = a.gpus;
+    Ok(plan)
+}
