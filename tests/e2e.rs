@@ -2,6 +2,8 @@
 //! HTTP, on every topology: {file, etcd} store × {tcp} request plane. Each test is written once
 //! as a function of the [`Mode`] and instantiated per topology below.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 /// Instantiates each named test once per topology, as `<topology>::<test>`.
@@ -184,7 +186,7 @@ async fn sigterm_deregisters_at_once_and_drains_in_flight_requests(mode: Mode) {
 }
 
 async fn bad_requests_get_openai_errors_with_the_right_status(mode: Mode) {
-    let mut t = Topology::start_on(mode, &[MODEL], &["--max-body-bytes", "4096"]).await;
+    let t = Topology::start_on(mode, &[MODEL], &["--max-body-bytes", "4096"]).await;
     let chat = format!("{}/v1/chat/completions", t.url);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("malformed JSON", b"{\"model\": ".to_vec(), 400),

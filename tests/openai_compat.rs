@@ -3,6 +3,8 @@
 //! Needs `.venv/bin/python` with `openai` installed (`bash scripts/setup.sh` makes it); the
 //! test fails, never skips, when it is missing.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Command;
