@@ -18,7 +18,7 @@ pub enum FailureKind {
     Protocol,
     /// The server sent an error event inside the stream.
     StreamError,
-    /// The response ended without any generated text.
+    /// The response ended without any generated text, and `usage` counted no tokens either.
     EmptyOutput,
 }
 

@@ -318,7 +318,12 @@ async fn one_request(ctx: &Ctx, request: Request, body: Bytes, t0: Instant) -> R
     };
     if failure.is_some() {
         record.end = t0.elapsed();
-    } else if record.chunk_times.is_empty() && request.output_len > 0 {
+    } else if record.chunk_times.is_empty()
+        && request.output_len > 0
+        && record.usage_completion_tokens.unwrap_or(0) == 0
+    {
+        // Tokens whose text is empty (e.g. half of a UTF-8 character) still count when the
+        // server reports them: such a request succeeds, without a first-token time.
         record.failure = Some(Failure {
             kind: FailureKind::EmptyOutput,
             message: "the response carried no generated text".into(),

@@ -44,15 +44,18 @@ impl TokenCounter {
     }
 
     pub fn ids(&self, text: &str) -> Result<Vec<u32>, Error> {
+        // Offsets are never used here: the fast path skips computing them.
         let encoding =
-            self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Counts of many texts at once (the tokenizer parallelises batches where it may).
     pub fn count_batch(&self, texts: Vec<&str>) -> Result<Vec<usize>, Error> {
-        let encodings =
-            self.inner.encode_batch(texts, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
     }
 

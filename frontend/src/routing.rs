@@ -143,10 +143,7 @@ impl Dispatch<'_> {
 }
 
 fn candidate(instance: &RoutedInstance) -> Candidate<'_> {
-    Candidate {
-        instance_id: &instance.record.instance_id,
-        in_flight: instance.in_flight.load(Ordering::Relaxed),
-    }
+    Candidate::new(&instance.record.instance_id, instance.in_flight.load(Ordering::Relaxed))
 }
 
 /// Milliseconds left until `deadline`, at least 1 (0 would mean "no deadline" to a worker).

@@ -1,10 +1,17 @@
 //! Routing for Switchyard: which instance serves a request. Pure logic over a snapshot of
-//! instances — no I/O, no async — so it is tested and benchmarked on its own.
+//! instances — no I/O, no async, no clocks — so it is tested and benchmarked on its own.
 
 pub mod block_hash;
 pub mod error;
+pub mod kv_index;
 pub mod policy;
 
 pub use block_hash::block_hashes;
 pub use error::Error;
-pub use policy::{Candidate, Policy, PolicyKind, RandomPolicy, RequestInfo, RoundRobin};
+pub use kv_index::{
+    Applied, InstanceId, KvChange, KvEvent, KvIndex, KvIndexConfig, OverlapScores, ResyncReason,
+};
+pub use policy::{
+    Candidate, KvPolicy, KvPolicyConfig, LeastLoaded, Policy, PolicyConfig, PolicyKind, PowerOfTwo,
+    RandomPolicy, RequestInfo, RoundRobin,
+};

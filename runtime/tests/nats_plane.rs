@@ -420,7 +420,8 @@ async fn a_nats_restart_ends_or_completes_in_flight_requests_and_new_ones_succee
         let (client, subject) = (Arc::clone(&client), subject.clone());
         tracker.spawn(async move {
             loop {
-                let sent = tokio::time::timeout(LIMIT, client.generate(&subject, request("after", 5)));
+                let sent =
+                    tokio::time::timeout(LIMIT, client.generate(&subject, request("after", 5)));
                 if let Ok(Ok(stream)) = sent.await
                     && drain(stream).await.is_ok()
                 {
@@ -437,9 +438,7 @@ async fn a_nats_restart_ends_or_completes_in_flight_requests_and_new_ones_succee
     }
     let ended_by_error = outcomes.iter().filter(|o| o.is_err()).count();
     eprintln!("in-flight across the restart: {outcomes:?}");
-    let first_success = within("a request succeeds after the restart", LIMIT, probe)
-        .await
-        .unwrap();
+    let first_success = within("a request succeeds after the restart", LIMIT, probe).await.unwrap();
     eprintln!(
         "NATS restart: {ended_by_error}/{IN_FLIGHT} in-flight requests ended with an error, the \
          rest completed; first new request succeeded {first_success:?} after NATS was back"

@@ -54,12 +54,13 @@ pub struct BenchArgs {
     /// The ShareGPT JSON or JSONL file.
     #[arg(long, env = env::BENCH_DATASET_PATH)]
     pub dataset_path: Option<PathBuf>,
-    /// Requests to send (conversations, for multi-turn).
-    #[arg(long, env = env::BENCH_NUM_PROMPTS, default_value_t = 1000)]
+    /// Requests to send (conversations, for multi-turn). The short spellings bench_serving's
+    /// users type (`--num-prompt`, `--random-input`, `--random-output`) are accepted too.
+    #[arg(long, alias = "num-prompt", env = env::BENCH_NUM_PROMPTS, default_value_t = 1000)]
     pub num_prompts: usize,
-    #[arg(long, env = env::BENCH_RANDOM_INPUT_LEN, default_value_t = 1024)]
+    #[arg(long, alias = "random-input", env = env::BENCH_RANDOM_INPUT_LEN, default_value_t = 1024)]
     pub random_input_len: u32,
-    #[arg(long, env = env::BENCH_RANDOM_OUTPUT_LEN, default_value_t = 1024)]
+    #[arg(long, alias = "random-output", env = env::BENCH_RANDOM_OUTPUT_LEN, default_value_t = 1024)]
     pub random_output_len: u32,
     /// Lengths are drawn from [LEN * RATIO, LEN]; 1 makes them exact.
     #[arg(long, env = env::BENCH_RANDOM_RANGE_RATIO, default_value_t = 0.0)]

@@ -191,6 +191,17 @@ impl Topology {
         topology
     }
 
+    /// Another frontend on the same store (its own process and port).
+    pub fn start_frontend(&self, extra: &[&str]) -> Frontend {
+        let flags: Vec<&str> = self.servers.store_flags.iter().map(String::as_str).collect();
+        let mut args = vec!["frontend", "--http-host", "127.0.0.1", "--http-port", "0"];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(extra);
+        let mut proc = spawn("frontend", &args);
+        let url = url_in(&wait_for_line(&mut proc, "listening on"));
+        Frontend { proc, url, http: client() }
+    }
+
     pub fn store_dir(&self) -> &Path {
         self.servers.store_dir.path()
     }
@@ -245,6 +256,21 @@ impl Topology {
                 .unwrap()
                 .unwrap();
         resp.text().await.unwrap()
+    }
+}
+
+/// A frontend process of its own.
+pub struct Frontend {
+    pub proc: Proc,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Frontend {
+    pub async fn instance_count(&self) -> Option<usize> {
+        let resp = self.http.get(format!("{}/health", self.url)).send().await.ok()?;
+        let body: Value = resp.json().await.ok()?;
+        Some(health_instances(&body).values().sum())
     }
 }
 

@@ -81,7 +81,8 @@ impl ScriptedServer {
                 get(|| async { axum::Json(json!({"data": [{"id": "scripted"}]})) }),
             )
             .with_state(shared.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = TcpListener::bind("127.0.0.1:0");
+        let listener = tokio::time::timeout(WAIT, bind).await.unwrap().unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let token = stop.clone();

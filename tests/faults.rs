@@ -1,0 +1,77 @@
+//! Fault tests against real servers: the discovery store restarted under traffic.
+//! (SIGKILL and SIGTERM of workers are covered per topology in `e2e.rs`.)
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Mode, Topology, WAIT};
+
+const MODEL: &str = "switchyard-tiny";
+
+/// Sends requests one after another until told to stop; returns (ok, failed) counts and the
+/// first failures.
+async fn traffic(
+    http: reqwest::Client,
+    url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (usize, usize, Vec<String>) {
+    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+    let body = json!({"model": MODEL, "prompt": "keep going", "max_tokens": 3});
+    while !*stop.borrow() {
+        let (status, resp) =
+            support::post_json(&http, &format!("{url}/v1/completions"), &body).await;
+        if status == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+            if errors.len() < 5 {
+                errors.push(format!("{status} {resp}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ok, failed, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_with_lost_data_keeps_serving_and_workers_register_again() {
+    let mut t = Topology::start_on(Mode::ETCD_TCP, &[MODEL, MODEL], &[]).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(traffic(t.http.clone(), t.url.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // etcd loses everything: keys, leases, revisions. The frontend keeps its last view; the
+    // workers' keep-alives find their leases gone and register again.
+    let mut etcd = t.servers.etcd.take().unwrap();
+    let restarted_at = Instant::now();
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart_wiped();
+        etcd
+    })
+    .await
+    .unwrap();
+    let back_at = restarted_at.elapsed();
+    t.servers.etcd = Some(etcd);
+    // The first frontend still shows its last view; a frontend started now sees only what
+    // etcd holds, so it tells when the workers have registered again.
+    let fresh = t.start_frontend(&[]);
+    let deadline = Instant::now() + WAIT;
+    while fresh.instance_count().await != Some(2) {
+        assert!(Instant::now() < deadline, "workers did not register again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let registered_after = restarted_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send(true).unwrap();
+    let (ok, failed, errors) = tokio::time::timeout(WAIT, load).await.unwrap().unwrap();
+    eprintln!(
+        "etcd back after {back_at:?}; both workers registered after {registered_after:?}; {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "requests failed while etcd restarted: {errors:?}");
+    assert!(ok > 10, "too little traffic to tell: {ok}");
+    assert_eq!(support::health_instances(&t.health().await).get(MODEL), Some(&2));
+}
