@@ -58,8 +58,10 @@ pub struct BenchArgs {
     /// users type (`--num-prompt`, `--random-input`, `--random-output`) are accepted too.
     #[arg(long, alias = "num-prompt", env = env::BENCH_NUM_PROMPTS, default_value_t = 1000)]
     pub num_prompts: usize,
+    /// Prompt tokens of the random and multi-turn datasets (upper bound of the draw).
     #[arg(long, alias = "random-input", env = env::BENCH_RANDOM_INPUT_LEN, default_value_t = 1024)]
     pub random_input_len: u32,
+    /// Output tokens asked for by the random and multi-turn datasets (upper bound).
     #[arg(long, alias = "random-output", env = env::BENCH_RANDOM_OUTPUT_LEN, default_value_t = 1024)]
     pub random_output_len: u32,
     /// Lengths are drawn from [LEN * RATIO, LEN]; 1 makes them exact.
@@ -71,14 +73,19 @@ pub struct BenchArgs {
     /// Skip ShareGPT pairs longer than this (prompt + output tokens).
     #[arg(long, env = env::BENCH_SHAREGPT_CONTEXT_LEN)]
     pub sharegpt_context_len: Option<usize>,
+    /// Generated shared prefix: groups, each with its own system prompt.
     #[arg(long, env = env::BENCH_GSP_NUM_GROUPS, default_value_t = 64)]
     pub gsp_num_groups: usize,
+    /// Generated shared prefix: prompts sharing each system prompt.
     #[arg(long, env = env::BENCH_GSP_PROMPTS_PER_GROUP, default_value_t = 16)]
     pub gsp_prompts_per_group: usize,
+    /// Generated shared prefix: tokens of each system prompt.
     #[arg(long, env = env::BENCH_GSP_SYSTEM_PROMPT_LEN, default_value_t = 2048)]
     pub gsp_system_prompt_len: u32,
+    /// Generated shared prefix: tokens of each question.
     #[arg(long, env = env::BENCH_GSP_QUESTION_LEN, default_value_t = 128)]
     pub gsp_question_len: u32,
+    /// Generated shared prefix: output tokens asked for.
     #[arg(long, env = env::BENCH_GSP_OUTPUT_LEN, default_value_t = 256)]
     pub gsp_output_len: u32,
     /// User turns per conversation of the multi-turn dataset.
@@ -99,15 +106,19 @@ pub struct BenchArgs {
     /// Most requests in flight; a comma list runs one point per value.
     #[arg(long, env = env::BENCH_MAX_CONCURRENCY)]
     pub max_concurrency: Option<String>,
+    /// Requests sent (at once, at most 32 tokens each) before the measured run.
     #[arg(long, env = env::BENCH_WARMUP_REQUESTS, default_value_t = 1)]
     pub warmup_requests: usize,
+    /// Seed of the dataset and of the arrival times.
     #[arg(long, env = env::BENCH_SEED, default_value_t = 1)]
     pub seed: u64,
     /// Limit of one request, in seconds.
     #[arg(long, env = env::BENCH_REQUEST_TIMEOUT_SECS, default_value_t = 600)]
     pub request_timeout_secs: u64,
+    /// Ask for whole responses (TTFT is then the whole latency).
     #[arg(long, env = env::BENCH_DISABLE_STREAM)]
     pub disable_stream: bool,
+    /// Do not send `ignore_eos: true` (outputs may end before max_tokens).
     #[arg(long, env = env::BENCH_DISABLE_IGNORE_EOS)]
     pub disable_ignore_eos: bool,
     /// JSON object merged into every request body.

@@ -220,7 +220,7 @@ proptest! {
         let mut ids: Vec<InstanceId> =
             (0..INSTANCES).map(|i| index.add_instance(&format!("w{i}"))).collect();
         let mut model = vec![HashSet::new(); INSTANCES];
-        let mut next_id = vec![0u64; INSTANCES];
+        let mut next_id = [0u64; INSTANCES];
         let mut queries = queries;
         for op in ops {
             if let Op::Store(_, chain, ..) | Op::Remove(_, chain, _) = &op {

@@ -205,7 +205,13 @@ impl KvStore for FileStore {
 /// Starts a file watcher that wakes `wake` on any change in `dir`. `None` when the platform
 /// refuses one (e.g. out of inotify watches): polling alone then finds the changes.
 fn watch_dir(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-    let handler = move |_event: notify::Result<notify::Event>| wake.notify_one();
+    // Reading files (our own scans included) raises access events; waking on those would make
+    // every scan trigger the next one and spin.
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            wake.notify_one();
+        }
+    };
     let started = notify::recommended_watcher(handler)
         .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|()| w));
     match started {
