@@ -2,12 +2,15 @@
 //! workers that send none, by the router's own decisions), asked how much of a prompt's
 //! prefix each instance holds.
 //!
-//! Cost, for sizing: each distinct block takes ~28 bytes (a map entry of 16 bytes at the
-//! map's load factor, plus 8 in its run), each run ~64 bytes plus 4 per holder, and each
-//! (block, instance) pair ~10–20 bytes in that instance's block set. A million blocks held by
-//! one instance each take ~40–50 MB. [`KvIndexConfig::max_blocks_per_instance`] bounds what
+//! Memory, for sizing (hash tables at 7/8 load and power-of-two growth, so each range is
+//! from just-grown to just-before-growing): each distinct block 28–55 bytes (a 16-byte map
+//! entry, 8 in its run); each (block, instance) pair 10–21 bytes in the instance's block
+//! set; each run ~90 bytes, 4 per holder, and slots / 8 bytes once it has many holders.
+//! A million blocks held by one instance each: 40–80 MB. The benchmark's fleet (1,000
+//! instances, 1M blocks, 1.3M pairs) packs into ~31k runs. [`KvIndexConfig`] bounds what
 //! one worker can make the index hold.
 
+mod slot_bits;
 mod tree;
 mod types;
 
@@ -42,6 +45,9 @@ impl Default for KvIndexConfig {
 pub struct KvIndex {
     tree: BlockTree,
     slots: Vec<Slot>,
+    /// Each slot's generation, bumped when the slot is freed so handles to the old instance
+    /// go stale. Apart from `slots` so overlap scores copy it in one go.
+    generations: Vec<u32>,
     /// Slots of removed instances, reused so dense per-slot arrays stay as small as the fleet.
     free_slots: Vec<u32>,
     by_name: HashMap<Box<str>, InstanceId>,
@@ -52,8 +58,6 @@ pub struct KvIndex {
 
 #[derive(Debug, Clone, Default)]
 struct Slot {
-    /// Bumped when the slot is freed, so handles to the old instance go stale.
-    generation: u32,
     /// The instance's id; `None` while the slot is free.
     name: Option<Box<str>>,
     /// Every block the instance holds, so removing it costs O(its blocks), not O(index).
@@ -87,12 +91,12 @@ impl KvIndex {
             Some(slot) => slot,
             None => {
                 self.slots.push(Slot::default());
+                self.generations.push(0);
                 (self.slots.len() - 1) as u32
             }
         };
-        let entry = &mut self.slots[slot as usize];
-        entry.name = Some(name.clone());
-        let id = InstanceId { slot, generation: entry.generation };
+        self.slots[slot as usize].name = Some(name.clone());
+        let id = InstanceId { slot, generation: self.generations[slot as usize] };
         self.by_name.insert(name, id);
         id
     }
@@ -120,7 +124,8 @@ impl KvIndex {
         }
         // A fresh slot releases the block set's memory; decisions still queued for the old
         // generation are skipped when they expire.
-        *entry = Slot { generation: entry.generation.wrapping_add(1), ..Slot::default() };
+        *entry = Slot::default();
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.free_slots.push(id.slot);
         true
     }
@@ -182,12 +187,9 @@ impl KvIndex {
     /// Per instance, how many leading blocks of `hashes` (a prompt's chained block hashes)
     /// it holds. O(prompt blocks), plus one intersection of holder sets per run boundary.
     pub fn find_matches(&self, hashes: &[u64]) -> OverlapScores {
-        let mut scores = OverlapScores::with_slots(self.slots.len());
-        self.tree.find(hashes, |slot, blocks| {
-            let generation = self.slots[slot as usize].generation;
-            scores.set(InstanceId { slot, generation }, blocks);
-        });
-        scores
+        let mut depths = vec![0; self.slots.len()];
+        self.tree.find(hashes, &mut depths);
+        OverlapScores::new(depths, self.generations.clone())
     }
 
     /// Approximate mode, for an instance that sends no KV events: assume it caches `hashes`
@@ -227,15 +229,15 @@ impl KvIndex {
                 break;
             };
             let id = decision.id;
+            if self.generations.get(id.slot as usize) != Some(&id.generation) {
+                continue;
+            }
             let Some(entry) = self.slots.get_mut(id.slot as usize) else {
                 continue;
             };
             let Some(recorded) = entry.recorded.as_mut() else {
                 continue;
             };
-            if entry.generation != id.generation {
-                continue;
-            }
             let expired: Vec<u64> = decision
                 .hashes
                 .iter()
@@ -291,7 +293,10 @@ impl KvIndex {
     fn slot(&self, id: InstanceId) -> Result<&Slot, Error> {
         self.slots
             .get(id.slot as usize)
-            .filter(|entry| entry.generation == id.generation && entry.name.is_some())
+            .filter(|entry| {
+                entry.name.is_some()
+                    && self.generations.get(id.slot as usize) == Some(&id.generation)
+            })
             .ok_or(Error::UnknownInstance { id })
     }
 

@@ -120,6 +120,14 @@ fn an_instance_over_its_limit_keeps_what_fits_and_asks_for_a_resync() {
     assert_eq!(over, Applied::ResyncNeeded(ResyncReason::OverCapacity { limit: 3 }));
     assert_eq!(index.instance_blocks(a), 3);
     assert_eq!(scores(&index, &[1, 2, 3, 4]), vec![(a, 3)]);
+    // Blocks it already holds take no room.
+    let again = index.apply(a, &stored(1, None, &[1, 2, 3])).expect("known");
+    assert_eq!(again, Applied::InOrder);
+    index.apply(a, &removed(2, &[3])).expect("known");
+    let one_more = index.apply(a, &stored(3, None, &[1, 2, 3, 4])).expect("known");
+    assert!(one_more.needs_resync());
+    assert_eq!(scores(&index, &[1, 2, 3, 4]), vec![(a, 3)]);
+    index.check();
 }
 
 #[test]
@@ -162,11 +170,21 @@ fn recorded_decisions_expire_unless_renewed_and_events_take_over() {
 // Property tests against a brute-force model.
 // ---------------------------------------------------------------------------------------
 
-const INSTANCES: usize = 4;
+const INSTANCES: usize = 6;
 
 /// A prompt over a 2-token alphabet with 1-token blocks: prompts share prefixes often.
 fn prompt() -> impl Strategy<Value = Vec<u64>> {
     prop::collection::vec(0u32..2, 1..10).prop_map(|tokens| block_hashes(&tokens, 1))
+}
+
+/// A prompt that is usually a prefix of one of three long chains that share prefixes of 3
+/// and 6 blocks, so that many instances hold the same blocks cut at different depths.
+fn shared_prompt() -> impl Strategy<Value = Vec<u64>> {
+    let pooled = (0usize..3, 1usize..=12).prop_map(|(k, len)| {
+        let tokens: Vec<u32> = (0..12).map(|t| u32::from(t >= [12, 6, 3][k])).collect();
+        block_hashes(&tokens[..len], 1)
+    });
+    prop_oneof![3 => pooled, 1 => prompt()]
 }
 
 #[derive(Debug, Clone)]
@@ -184,9 +202,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let inst = 0..INSTANCES;
     prop_oneof![
-        6 => (inst.clone(), prompt(), any::<usize>(), any::<usize>())
+        6 => (inst.clone(), shared_prompt(), any::<usize>(), any::<usize>())
             .prop_map(|(i, chain, from, to)| Op::Store(i, chain, from, to)),
-        3 => (inst.clone(), prompt(), prop::collection::vec(any::<usize>(), 1..6))
+        3 => (inst.clone(), shared_prompt(), prop::collection::vec(any::<usize>(), 1..6))
             .prop_map(|(i, chain, picks)| Op::Remove(i, chain, picks)),
         1 => inst.clone().prop_map(Op::Clear),
         1 => inst.clone().prop_map(Op::RemoveInstance),
@@ -211,7 +229,7 @@ fn model_scores(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
     fn index_agrees_with_brute_force(ops in prop::collection::vec(op(), 1..40),
@@ -281,7 +299,7 @@ proptest! {
 
     #[test]
     fn recorded_decisions_agree_with_brute_force(
-        steps in prop::collection::vec((0..INSTANCES, prompt(), 0u64..20, 0u64..8), 1..40),
+        steps in prop::collection::vec((0..INSTANCES, shared_prompt(), 0u64..20, 0u64..8), 1..40),
         queries in prop::collection::vec(prompt(), 4),
     ) {
         let mut index = KvIndex::default();

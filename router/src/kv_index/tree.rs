@@ -13,6 +13,12 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 
+use super::slot_bits::SlotBits;
+
+/// Holders from which a run also keeps its holders as bits, for word-wise intersection.
+/// Small in tests, so the property tests' few instances cross it both ways.
+const WIDE_RUN: usize = if cfg!(test) { 4 } else { 32 };
+
 /// The blocks one instance holds. Block hashes are XXH3 outputs, but prompts are user input,
 /// so the map is still keyed (foldhash's per-process seed) rather than hashed by identity.
 pub(super) type BlockSet = HashSet<u64, RandomState>;
@@ -33,6 +39,41 @@ struct Run {
     hashes: Vec<u64>,
     /// Sorted instance slots, each holding every block of the run.
     holders: Vec<u32>,
+    /// `holders` as bits, kept for runs with many holders (see [`Run::add_holder`]).
+    wide: Option<SlotBits>,
+}
+
+impl Run {
+    fn new(parent: Option<u64>, slot: u32) -> Run {
+        Run { parent, hashes: Vec::new(), holders: vec![slot], wide: None }
+    }
+
+    fn add_holder(&mut self, slot: u32) {
+        if let Err(at) = self.holders.binary_search(&slot) {
+            self.holders.insert(at, slot);
+            match &mut self.wide {
+                Some(bits) => bits.insert(slot),
+                None if self.holders.len() >= WIDE_RUN => {
+                    self.wide = Some(SlotBits::from_sorted(&self.holders));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn remove_holder(&mut self, slot: u32) -> bool {
+        let Ok(at) = self.holders.binary_search(&slot) else {
+            return false;
+        };
+        self.holders.remove(at);
+        // Dropped well below the threshold only, so a run hovering at it does not rebuild.
+        if self.holders.len() < WIDE_RUN / 2 {
+            self.wide = None;
+        } else if let Some(bits) = &mut self.wide {
+            bits.remove(slot);
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -55,8 +96,8 @@ impl BlockTree {
     }
 
     /// Records that `slot` holds the chain `hashes`, whose first block's parent is `parent`.
-    /// `held` is that instance's block set. Only the first `room` hashes are considered;
-    /// returns false when some were left out for lack of room.
+    /// `held` is that instance's block set. At most `room` blocks new to it are added, the
+    /// chain cut after the last that fits; returns false when some were left out.
     pub fn store(
         &mut self,
         slot: u32,
@@ -65,15 +106,19 @@ impl BlockTree {
         hashes: &[u64],
         room: usize,
     ) -> bool {
-        let fits = hashes.len() <= room;
-        let hashes = &hashes[..hashes.len().min(room)];
+        let mut left = room;
+        let cut = hashes.iter().position(|h| {
+            let new = !held.contains(h);
+            let over = new && left == 0;
+            left -= usize::from(new && !over);
+            over
+        });
+        let hashes = &hashes[..cut.unwrap_or(hashes.len())];
         // Blocks others hold already: add `slot` to (pieces of) their runs.
         let known = self.locate(hashes.iter().filter(|h| !held.contains(*h)));
         self.for_each_range_descending(&known, |tree, piece| {
             let run = &mut tree.runs[piece as usize];
-            if let Err(at) = run.holders.binary_search(&slot) {
-                run.holders.insert(at, slot);
-            }
+            run.add_holder(slot);
             held.extend(run.hashes.iter().copied());
             tree.merge_into_parent(piece);
         });
@@ -90,11 +135,7 @@ impl BlockTree {
                 Some(run) => run,
                 None => match prev.and_then(|p| self.ends_run_held_only_by(p, slot)) {
                     Some(run) => run,
-                    None => self.alloc_run(Run {
-                        parent: prev,
-                        hashes: Vec::new(),
-                        holders: vec![slot],
-                    }),
+                    None => self.alloc_run(Run::new(prev, slot)),
                 },
             };
             let hashes = &mut self.runs[run as usize].hashes;
@@ -105,7 +146,7 @@ impl BlockTree {
             open = Some(run);
             prev = Some(hash);
         }
-        fits
+        cut.is_none()
     }
 
     /// Records that `slot` no longer holds `hashes` (any order; unknown ones are skipped).
@@ -113,9 +154,7 @@ impl BlockTree {
         let known = self.locate(hashes.iter().filter(|h| held.contains(*h)));
         self.for_each_range_descending(&known, |tree, piece| {
             let run = &mut tree.runs[piece as usize];
-            if let Ok(at) = run.holders.binary_search(&slot) {
-                run.holders.remove(at);
-            }
+            run.remove_holder(slot);
             for hash in &run.hashes {
                 held.remove(hash);
             }
@@ -136,10 +175,9 @@ impl BlockTree {
             let run = &mut self.runs[id as usize];
             // The first of a run's blocks drained drops `slot` from the whole run; its
             // other blocks then find `slot` gone (or the run freed or merged) and are skipped.
-            let Ok(at) = run.holders.binary_search(&slot) else {
+            if !run.remove_holder(slot) {
                 continue;
-            };
-            run.holders.remove(at);
+            }
             if run.holders.is_empty() {
                 self.free_run(id);
             } else {
@@ -148,16 +186,20 @@ impl BlockTree {
         }
     }
 
-    /// Calls `found(slot, blocks)` once for every instance holding `hashes[0]`, with the
-    /// number of leading blocks of `hashes` it holds. Cost: one comparison per block inside
-    /// a run, one map lookup and one sorted-set intersection per run boundary.
-    pub fn find(&self, hashes: &[u64], mut found: impl FnMut(u32, u32)) {
+    /// Sets `depths[slot]`, for every instance holding `hashes[0]`, to the number of leading
+    /// blocks of `hashes` it holds. Cost: one comparison per block inside a run; per run
+    /// boundary, one map lookup and an intersection of O(slots / 64) words, or O(survivors)
+    /// into a run of few holders; plus one write per instance reported.
+    pub fn find(&self, hashes: &[u64], depths: &mut [u32]) {
         let Some(loc) = hashes.first().and_then(|h| self.locs.get(h)) else {
             return;
         };
         let mut run = &self.runs[loc.run as usize];
         let mut offset = loc.offset as usize;
-        let mut active = run.holders.clone();
+        let mut active = match &run.wide {
+            Some(bits) => bits.clone(),
+            None => SlotBits::from_sorted(&run.holders),
+        };
         let mut depth = 1;
         while let Some(&next) = hashes.get(depth) {
             if run.hashes.get(offset + 1) == Some(&next) {
@@ -170,18 +212,26 @@ impl BlockTree {
             };
             run = &self.runs[loc.run as usize];
             offset = loc.offset as usize;
-            if run.holders != active {
-                let blocks = depth as u32;
-                retain_sorted(&mut active, &run.holders, |gone| found(gone, blocks));
-                if active.is_empty() {
-                    return;
+            let blocks = depth as u32;
+            let mut gone = |slot: u32| {
+                if let Some(d) = depths.get_mut(slot as usize) {
+                    *d = blocks;
                 }
+            };
+            match &run.wide {
+                Some(bits) => active.retain_in(bits, gone),
+                None => active.retain(|slot| run.holders.binary_search(&slot).is_ok(), &mut gone),
+            }
+            if active.is_empty() {
+                return;
             }
             depth += 1;
         }
-        for &slot in &active {
-            found(slot, depth as u32);
-        }
+        active.for_each(|slot| {
+            if let Some(d) = depths.get_mut(slot as usize) {
+                *d = depth as u32;
+            }
+        });
     }
 
     /// `(run, offset)` of the given hashes that are indexed, sorted and without repeats.
@@ -228,7 +278,12 @@ impl BlockTree {
     fn split_off(&mut self, id: u32, at: usize) -> u32 {
         let run = &mut self.runs[id as usize];
         let hashes = run.hashes.split_off(at);
-        let tail = Run { parent: run.hashes.last().copied(), hashes, holders: run.holders.clone() };
+        let tail = Run {
+            parent: run.hashes.last().copied(),
+            hashes,
+            holders: run.holders.clone(),
+            wide: run.wide.clone(),
+        };
         let new = self.alloc_run(tail);
         self.relocate(new, 0);
         new
@@ -305,6 +360,12 @@ impl BlockTree {
             assert!(!run.hashes.is_empty(), "run {id} is empty");
             assert!(!run.holders.is_empty(), "run {id} has no holders");
             assert!(run.holders.windows(2).all(|w| w[0] < w[1]), "run {id}: holders unsorted");
+            if let Some(bits) = &run.wide {
+                let mut from_bits = Vec::new();
+                bits.for_each(|slot| from_bits.push(slot));
+                assert_eq!(from_bits, run.holders, "run {id}: bits disagree with holders");
+            }
+            assert!(run.wide.is_some() || run.holders.len() < WIDE_RUN, "run {id}: not wide");
             for (offset, hash) in run.hashes.iter().enumerate() {
                 let loc = self.locs[hash];
                 assert_eq!((loc.run, loc.offset as usize), (id as u32, offset), "loc of {hash}");
@@ -320,28 +381,4 @@ impl BlockTree {
             assert!(blocks.iter().all(|h| self.locs.contains_key(h)), "slot {slot}");
         }
     }
-}
-
-/// Keeps the elements of sorted `active` that are in sorted `holders`, reporting the rest.
-fn retain_sorted(active: &mut Vec<u32>, holders: &[u32], mut gone: impl FnMut(u32)) {
-    // Few survivors against a large set: binary search beats a merge walk.
-    if active.len() * 16 < holders.len() {
-        active.retain(|slot| {
-            let keep = holders.binary_search(slot).is_ok();
-            if !keep {
-                gone(*slot);
-            }
-            keep
-        });
-        return;
-    }
-    let mut rest = holders.iter().peekable();
-    active.retain(|&slot| {
-        while rest.next_if(|&&h| h < slot).is_some() {}
-        let keep = rest.peek() == Some(&&slot);
-        if !keep {
-            gone(slot);
-        }
-        keep
-    });
 }

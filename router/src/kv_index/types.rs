@@ -70,50 +70,36 @@ pub enum ResyncReason {
 /// Dense over the index's slots, so a policy looking up every candidate pays O(1) each.
 #[derive(Debug, Clone, Default)]
 pub struct OverlapScores {
-    /// `(generation, blocks)` per slot; `blocks` is 0 for instances that match nothing.
-    by_slot: Vec<(u32, u32)>,
-    matched: usize,
-    max: u32,
+    /// Leading blocks held, by slot; 0 for instances that match nothing.
+    blocks: Vec<u32>,
+    /// The slots' generations when the scores were taken, to tell stale handles apart.
+    generations: Vec<u32>,
 }
 
 impl OverlapScores {
-    pub(super) fn with_slots(slots: usize) -> OverlapScores {
-        OverlapScores { by_slot: vec![(0, 0); slots], matched: 0, max: 0 }
-    }
-
-    pub(super) fn set(&mut self, id: InstanceId, blocks: u32) {
-        if let Some(entry) = self.by_slot.get_mut(id.slot as usize) {
-            *entry = (id.generation, blocks);
-            self.matched += 1;
-            self.max = self.max.max(blocks);
-        }
+    pub(super) fn new(blocks: Vec<u32>, generations: Vec<u32>) -> OverlapScores {
+        OverlapScores { blocks, generations }
     }
 
     /// Leading prompt blocks `id` holds; 0 for an instance the index does not know.
     pub fn get(&self, id: InstanceId) -> u32 {
-        match self.by_slot.get(id.slot as usize) {
-            Some(&(generation, blocks)) if generation == id.generation => blocks,
+        let slot = id.slot as usize;
+        match (self.blocks.get(slot), self.generations.get(slot)) {
+            (Some(&blocks), Some(&generation)) if generation == id.generation => blocks,
             _ => 0,
         }
     }
 
     /// The largest overlap of any instance.
     pub fn max(&self) -> u32 {
-        self.max
-    }
-
-    /// How many instances hold at least the prompt's first block.
-    pub fn matched(&self) -> usize {
-        self.matched
+        self.blocks.iter().copied().max().unwrap_or(0)
     }
 
     /// Instances with a non-zero overlap, and their overlap, by slot.
     pub fn iter(&self) -> impl Iterator<Item = (InstanceId, u32)> + '_ {
-        self.by_slot.iter().enumerate().filter(|(_, (_, blocks))| *blocks > 0).map(
-            |(slot, &(generation, blocks))| {
-                let id = InstanceId { slot: slot as u32, generation };
-                (id, blocks)
-            },
-        )
+        (0u32..)
+            .zip(self.blocks.iter().zip(&self.generations))
+            .filter(|(_, (blocks, _))| **blocks > 0)
+            .map(|(slot, (&blocks, &generation))| (InstanceId { slot, generation }, blocks))
     }
 }
