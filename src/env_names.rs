@@ -11,6 +11,11 @@ pub const ETCD_ENDPOINTS: &str = "SWITCHYARD_ETCD_ENDPOINTS";
 /// Read when `SWITCHYARD_ETCD_ENDPOINTS` is unset: the name existing compose files use.
 pub const ETCD_ENDPOINTS_COMPAT: &str = "ETCD_ENDPOINTS";
 
+pub const REQUEST_PLANE: &str = "SWITCHYARD_REQUEST_PLANE";
+pub const NATS_URL: &str = "SWITCHYARD_NATS_URL";
+/// Read when `SWITCHYARD_NATS_URL` is unset: the name existing compose files use.
+pub const NATS_URL_COMPAT: &str = "NATS_SERVER";
+
 pub const HTTP_HOST: &str = "SWITCHYARD_HTTP_HOST";
 pub const HTTP_PORT: &str = "SWITCHYARD_HTTP_PORT";
 pub const ROUTER_MODE: &str = "SWITCHYARD_ROUTER_MODE";

@@ -1,5 +1,5 @@
 //! End-to-end: the real binary as processes (a frontend and mocker workers), driven over real
-//! HTTP, on every topology: {file, etcd} store × {tcp} request plane. Each test is written once
+//! HTTP, on every topology: {file, etcd} store × {tcp, nats} request plane. Each test is written once
 //! as a function of the [`Mode`] and instantiated per topology below.
 
 #![allow(clippy::unwrap_used)]
@@ -16,6 +16,14 @@ macro_rules! on_every_topology {
         mod etcd_tcp {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Mode::ETCD_TCP).await })*
+        }
+        mod file_nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Mode::FILE_NATS).await })*
+        }
+        mod etcd_nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Mode::ETCD_NATS).await })*
         }
     };
 }

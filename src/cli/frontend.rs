@@ -1,6 +1,5 @@
 //! `switchyard frontend`: the OpenAI-compatible HTTP frontend.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,10 +7,10 @@ use clap::Args;
 use switchyard_frontend::FrontendConfig;
 use switchyard_router::PolicyKind;
 use switchyard_runtime::Discovery;
-use switchyard_runtime::plane::tcp::{TcpClient, TcpClientConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::plane::PlaneArgs;
 use super::store::StoreArgs;
 use crate::env_names as env;
 
@@ -63,23 +62,27 @@ pub struct FrontendArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub plane: PlaneArgs,
 }
 
 pub async fn run(args: FrontendArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let discovery = args.store.open().await?;
     let listener = args.http.bind().await?;
     println!("switchyard frontend listening on http://{}", listener.local_addr()?);
-    serve(listener, &args.http, discovery, shutdown).await
+    serve(listener, &args.http, &args.plane, discovery, shutdown).await
 }
 
 /// Serves the frontend on an already-bound listener (shared with `switchyard up`).
 pub async fn serve(
     listener: TcpListener,
     http: &HttpArgs,
+    plane: &PlaneArgs,
     discovery: Discovery,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = Arc::new(TcpClient::new(TcpClientConfig::default()));
+    let client = plane.client().await?;
     switchyard_frontend::serve(listener, http.config(), discovery, client, shutdown)
         .await
         .context("frontend failed")

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod frontend;
 pub mod logging;
+pub mod plane;
 pub mod shutdown;
 pub mod store;
 pub mod up;

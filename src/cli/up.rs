@@ -15,6 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use switchyard_runtime::Discovery;
 use switchyard_worker::WorkerConfig;
+use switchyard_worker::service::new_instance_id;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::frontend::HttpArgs;
+use super::plane::PlaneArgs;
 use super::store::{StoreArgs, StoreKind};
 use super::worker::ServeArgs;
 use crate::env_names as env;
@@ -43,6 +45,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub plane: PlaneArgs,
 }
 
 impl UpArgs {
@@ -101,11 +106,11 @@ impl LocalTopology {
         let host =
             if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
         let url = format!("http://{host}:{}", addr.port());
-        let (http, discovery, token) = (args.http.clone(), workers.discovery.clone(), stop.clone());
-        let frontend =
-            tokio::spawn(
-                async move { super::frontend::serve(listener, &http, discovery, token).await },
-            );
+        let (http, plane) = (args.http.clone(), args.plane.clone());
+        let (discovery, token) = (workers.discovery.clone(), stop.clone());
+        let frontend = tokio::spawn(async move {
+            super::frontend::serve(listener, &http, &plane, discovery, token).await
+        });
         Ok(LocalTopology { workers, frontend, url, stop })
     }
 
@@ -152,8 +157,15 @@ impl Topology {
             StoreKind::Memory => {
                 let discovery = args.store.open_memory();
                 for _ in 0..args.workers {
-                    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-                    let config = WorkerConfig { lease_ttl, ..WorkerConfig::default() };
+                    let id = new_instance_id();
+                    let namespace = discovery.namespace();
+                    let listener =
+                        super::worker::bind(&args.plane, "127.0.0.1", 0, namespace, &id).await?;
+                    let config = WorkerConfig {
+                        instance_id: Some(id),
+                        lease_ttl,
+                        ..WorkerConfig::default()
+                    };
                     let (serve, discovery, stop) =
                         (args.serve.clone(), discovery.clone(), shutdown.clone());
                     tasks.spawn(async move {
@@ -186,6 +198,7 @@ impl Topology {
                 for i in 0..args.workers {
                     let child = Command::new(&exe)
                         .args(worker_args(&store, &args.serve))
+                        .args(args.plane.to_flags())
                         .stdin(Stdio::null())
                         .kill_on_drop(true)
                         .spawn()

@@ -8,11 +8,14 @@ use clap::{Args, ValueEnum};
 use switchyard_model::{DEFAULT_MODEL_NAME, DEFAULT_SOURCE, ModelFiles};
 use switchyard_proto::ModelCard;
 use switchyard_runtime::Discovery;
+use switchyard_runtime::plane::nats::{NatsListener, generate_subject};
 use switchyard_worker::mocker::{MockerConfig, MockerEngine};
-use switchyard_worker::{Engine, WorkerConfig};
+use switchyard_worker::service::new_instance_id;
+use switchyard_worker::{Engine, PlaneListener, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::plane::{PlaneArgs, PlaneKind};
 use super::store::StoreArgs;
 use crate::env_names as env;
 
@@ -123,6 +126,9 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub plane: PlaneArgs,
 }
 
 pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -130,11 +136,11 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         super::shutdown::with_parent(parent, shutdown.clone());
     }
     let discovery = args.store.open().await?;
-    let listener = TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("binding the worker to {}:{}", args.host, args.port))?;
+    let instance_id = args.instance_id.clone().unwrap_or_else(new_instance_id);
+    let listener =
+        bind(&args.plane, &args.host, args.port, discovery.namespace(), &instance_id).await?;
     let config = WorkerConfig {
-        instance_id: args.instance_id.clone(),
+        instance_id: Some(instance_id),
         advertise_host: args.advertise_host.clone(),
         lease_ttl: args.store.lease_ttl()?,
         ..WorkerConfig::default()
@@ -142,9 +148,31 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     serve(listener, &args.serve, config, discovery, shutdown).await
 }
 
+/// Binds where the worker takes requests: a TCP port, or its NATS subject.
+pub async fn bind(
+    plane: &PlaneArgs,
+    host: &str,
+    port: u16,
+    namespace: &str,
+    instance_id: &str,
+) -> anyhow::Result<PlaneListener> {
+    Ok(match plane.request_plane {
+        PlaneKind::Tcp => PlaneListener::Tcp(
+            TcpListener::bind((host, port))
+                .await
+                .with_context(|| format!("binding the worker to {host}:{port}"))?,
+        ),
+        PlaneKind::Nats => {
+            let subject = generate_subject(namespace, instance_id)?;
+            let client = plane.connect_nats().await?;
+            PlaneListener::Nats(NatsListener::bind(client, subject).await?)
+        }
+    })
+}
+
 /// Starts the engine and serves it on an already-bound listener (shared with `switchyard up`).
 pub async fn serve(
-    listener: TcpListener,
+    listener: PlaneListener,
     args: &ServeArgs,
     mut config: WorkerConfig,
     discovery: Discovery,

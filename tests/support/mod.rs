@@ -102,6 +102,8 @@ pub const FAST_WORKER: &[&str] = &["--lease-ttl-secs", "2", "--drain-timeout-sec
 
 #[path = "../../runtime/tests/support/etcd_server.rs"]
 pub mod etcd_server;
+#[path = "../../runtime/tests/support/nats_server.rs"]
+pub mod nats_server;
 
 /// Which discovery store and request plane a topology runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +116,7 @@ pub enum StoreMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlaneMode {
     Tcp,
+    Nats,
 }
 
 /// A store and a request plane: one of the topologies every end-to-end test runs on.
@@ -126,13 +129,16 @@ pub struct Mode {
 impl Mode {
     pub const FILE_TCP: Mode = Mode { store: StoreMode::File, plane: PlaneMode::Tcp };
     pub const ETCD_TCP: Mode = Mode { store: StoreMode::Etcd, plane: PlaneMode::Tcp };
+    pub const FILE_NATS: Mode = Mode { store: StoreMode::File, plane: PlaneMode::Nats };
+    pub const ETCD_NATS: Mode = Mode { store: StoreMode::Etcd, plane: PlaneMode::Nats };
 }
 
 /// The servers a topology's mode needs, owned (and stopped) by the topology.
 pub struct Servers {
     pub store_dir: tempfile::TempDir,
     pub etcd: Option<etcd_server::EtcdServer>,
-    /// Flags that point a process at the store.
+    pub nats: Option<nats_server::NatsServer>,
+    /// Flags that point a process at the store and the request plane.
     pub store_flags: Vec<String>,
 }
 
@@ -156,7 +162,17 @@ impl Servers {
                 (Some(etcd), flags)
             }
         };
-        Servers { store_dir, etcd, store_flags }
+        let mut store_flags = store_flags;
+        let nats = match mode.plane {
+            PlaneMode::Tcp => None,
+            PlaneMode::Nats => {
+                let nats = nats_server::NatsServer::start();
+                store_flags.extend(["--request-plane".into(), "nats".into()]);
+                store_flags.extend(["--nats-url".into(), nats.url()]);
+                Some(nats)
+            }
+        };
+        Servers { store_dir, etcd, nats, store_flags }
     }
 }
 

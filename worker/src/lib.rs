@@ -8,4 +8,4 @@ pub mod service;
 
 pub use engine::{Engine, EngineStream};
 pub use error::{Error, Result};
-pub use service::{WorkerConfig, serve};
+pub use service::{PlaneListener, WorkerConfig, serve};

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use switchyard_proto::{
     ErrorKind, FinishReason, GenerateChunk, GenerateRequest, InstanceRecord, Role, WorkerError,
 };
+use switchyard_runtime::plane::nats::{self, NatsListener, NatsServerConfig};
 use switchyard_runtime::plane::tcp;
 use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler};
 use tokio::net::TcpListener;
@@ -51,23 +52,63 @@ pub fn new_instance_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
+/// Where a worker takes requests from, bound before it registers so that no router can send
+/// to it early.
+pub enum PlaneListener {
+    /// A TCP listener for the gRPC request plane.
+    Tcp(TcpListener),
+    /// Subscriptions on the instance's NATS subject.
+    Nats(NatsListener),
+}
+
+impl PlaneListener {
+    /// The address routers use, as written in the instance record.
+    fn address(&self, advertise_host: Option<&str>) -> Result<String> {
+        Ok(match self {
+            PlaneListener::Tcp(listener) => {
+                advertised_address(listener.local_addr()?, advertise_host)
+            }
+            PlaneListener::Nats(listener) => listener.subject().to_owned(),
+        })
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            PlaneListener::Tcp(_) => "tcp",
+            PlaneListener::Nats(_) => "nats",
+        }
+    }
+
+    async fn serve(
+        self,
+        handler: Arc<dyn GenerateHandler>,
+        stop: CancellationToken,
+    ) -> switchyard_runtime::Result<()> {
+        match self {
+            PlaneListener::Tcp(listener) => tcp::serve(listener, handler, stop).await,
+            PlaneListener::Nats(listener) => {
+                nats::serve_listener(listener, handler, stop, NatsServerConfig::default()).await
+            }
+        }
+    }
+}
+
 /// Serves `engine` on `listener` until `shutdown`, registered in `discovery` meanwhile.
 /// Returns once the worker has deregistered, drained and stopped its server.
 pub async fn serve(
-    listener: TcpListener,
+    listener: PlaneListener,
     engine: Arc<dyn Engine>,
     discovery: Discovery,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let local = listener.local_addr()?;
     let record = InstanceRecord {
         instance_id: config.instance_id.clone().unwrap_or_else(new_instance_id),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
-        address: advertised_address(local, config.advertise_host.as_deref()),
+        address: listener.address(config.advertise_host.as_deref())?,
         card: Some(engine.card().clone()),
-        transport: "tcp".to_owned(),
+        transport: listener.transport().to_owned(),
     };
 
     let handler = Arc::new(WorkerHandler {
@@ -77,7 +118,7 @@ pub async fn serve(
         in_flight: TaskTracker::new(),
     });
     let plane_stop = CancellationToken::new();
-    let server = tokio::spawn(tcp::serve(listener, handler.clone(), plane_stop.clone()));
+    let server = tokio::spawn(listener.serve(handler.clone(), plane_stop.clone()));
     let server = ServerTask { handle: Some(server), stop: plane_stop };
 
     let registration =
