@@ -51,6 +51,18 @@ fn token_count(text: &str) -> u64 {
     tokenizer.encode(text, false).unwrap().get_ids().len() as u64
 }
 
+/// Requests routed to each instance, by its metric labels.
+fn instance_requests(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("switchyard_frontend_instance_requests_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn chat_body(content: &str, max_tokens: u32) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
 }
@@ -121,13 +133,9 @@ async fn round_robin_uses_both_workers(mode: Mode) {
         let (status, body) = t.post("/v1/chat/completions", &chat_body("hi", 2)).await;
         assert_eq!(status, 200, "{body}");
     }
-    // Each worker counts what it served; the frontend's metrics say which instance got what.
+    // The frontend's metrics say which instance got what.
     let metrics = t.metrics().await;
-    let per_instance: Vec<f64> = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_frontend_instance_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
+    let per_instance: Vec<f64> = instance_requests(&metrics).into_values().collect();
     assert_eq!(per_instance.len(), 2, "{metrics}");
     assert!(per_instance.iter().all(|&n| n == 3.0), "{per_instance:?}");
 }
@@ -150,14 +158,24 @@ async fn a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding(mo
     let gone_after = killed_at.elapsed();
     assert!(gone_after < Duration::from_secs(2) + Duration::from_secs(3), "{gone_after:?}");
     assert_eq!(t.models().await, vec![MODEL.to_owned()]);
+    eprintln!("{mode:?}: SIGKILLed workers left routing {gone_after:?} after the kill (lease 2 s)");
     let health = support::health_instances(&t.health().await);
     assert_eq!(health.get(MODEL), Some(&1), "{health:?}");
+    // From now on every request goes to the live worker: only its counter moves.
+    let before = instance_requests(&t.metrics().await);
     for _ in 0..4 {
         let (status, body) = t
             .post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2}))
             .await;
         assert_eq!(status, 200, "{body}");
     }
+    let after = instance_requests(&t.metrics().await);
+    let moved: Vec<f64> = after
+        .iter()
+        .map(|(instance, n)| n - before.get(instance).copied().unwrap_or(0.0))
+        .filter(|d| *d != 0.0)
+        .collect();
+    assert_eq!(moved, [4.0], "before {before:?} after {after:?}");
     // The extra model is gone: 404 now.
     let (status, body) = t.post("/v1/chat/completions", &json!({"model": "switchyard-tiny-extra", "messages": [{"role": "user", "content": "x"}]})).await;
     assert!(status == 404 || status == 503, "{status} {body}");

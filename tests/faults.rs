@@ -75,3 +75,69 @@ async fn etcd_restart_with_lost_data_keeps_serving_and_workers_register_again() 
     assert!(ok > 10, "too little traffic to tell: {ok}");
     assert_eq!(support::health_instances(&t.health().await).get(MODEL), Some(&2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_ends_or_completes_in_flight_and_serves_again_within_5s() {
+    let mut t = Topology::start_on(Mode::FILE_NATS, &[MODEL, MODEL], &[]).await;
+    let body = json!({"model": MODEL, "prompt": "through nats", "max_tokens": 3});
+    let url = format!("{}/v1/completions", t.url);
+    for _ in 0..5 {
+        let (status, resp) = support::post_json(&t.http, &url, &body).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+
+    // A stream in flight when NATS goes away must end (an error or its end), never hang.
+    let slow = json!({"model": MODEL, "prompt": "long", "max_tokens": 2000, "stream": true});
+    let send = t.http.post(&url).json(&slow).send();
+    let mut resp = tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap();
+
+    let mut nats = t.servers.nats.take().unwrap();
+    let nats = tokio::task::spawn_blocking(move || {
+        nats.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        nats.restart();
+        nats
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    t.servers.nats = Some(nats);
+
+    // The in-flight stream ends within the wait: completed or with an error event.
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(WAIT, resp.chunk()).await.expect("in-flight stream hung") {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let ended_with_error = text.contains("\"error\"");
+    let completed = text.contains("\"finish_reason\":\"length\"");
+    assert!(
+        ended_with_error || completed,
+        "in-flight stream ended without its end: …{}",
+        &text[text.len().saturating_sub(400)..]
+    );
+
+    // New requests succeed within 5 s of NATS being back, and keep succeeding.
+    let mut first_ok = None;
+    while back.elapsed() < Duration::from_secs(5) {
+        let (status, _) = support::post_json(&t.http, &url, &body).await;
+        if status == 200 {
+            first_ok = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_ok = first_ok.expect("no request succeeded within 5 s of NATS coming back");
+    for _ in 0..10 {
+        let (status, resp) = support::post_json(&t.http, &url, &body).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+    eprintln!(
+        "NATS restart: in-flight stream {}; first success {first_ok:?} after NATS was back",
+        if completed { "completed" } else { "ended with an error" }
+    );
+}
