@@ -83,13 +83,28 @@ impl NatsListener {
         let requests = subscribe(&client, subject.clone()).await?;
         let cancels = subscribe(&client, cancel_subject(&subject)).await?;
         let bounces = subscribe(&client, format!("{inbox}.>")).await?;
-        // The flush's round trip ends after the server has processed the subscriptions.
-        match tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Transport(format!("flush to NATS failed: {e}"))),
+        // A message to ourselves comes back only after the server has processed everything this
+        // connection sent before it, the subscriptions included; a flush alone does not wait
+        // for the server, so a request from another connection could still find no responder.
+        let mut bounces = bounces;
+        let probe = format!("{inbox}.bound");
+        let echoed = async {
+            client
+                .publish(probe.clone(), Bytes::new())
+                .await
+                .map_err(|e| Error::Transport(format!("publish to NATS failed: {e}")))?;
+            while let Some(message) = bounces.next().await {
+                if message.subject.as_str() == probe {
+                    return Ok(());
+                }
+            }
+            Err(Error::Transport("NATS subscription ended while binding".to_owned()))
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, echoed).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(Error::Timeout {
-                    what: "NATS flush after subscribing",
+                    what: "NATS subscriptions to take effect",
                     after: PUBLISH_TIMEOUT,
                 });
             }
