@@ -4,6 +4,7 @@
 
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod plane;
 pub mod store;
 

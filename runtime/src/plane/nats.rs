@@ -20,6 +20,7 @@
 //!   worker cancels the request as if told to.
 
 mod client;
+mod early_cancels;
 mod server;
 
 use std::time::Duration;
@@ -43,7 +44,7 @@ const CONTROL_HEARTBEAT: &str = "heartbeat";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one publish or flush: while NATS is away the client's command queue fills up and a
 /// publish would wait for the reconnect.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between reconnect attempts. async-nats backs off up to 4 s by default; a
 /// shorter cap brings a fleet back within a second or so of NATS returning, and attempts
 /// against a local port that refuses are cheap.
@@ -120,6 +121,25 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<async_na
         Err(_) => Err(connect_error(format!(
             "no NATS handshake within {limit:?}; is nats-server running and reachable there?"
         ))),
+    }
+}
+
+/// Waits until the NATS server has processed everything this client sent before, e.g. its
+/// subscriptions. async-nats's `flush` only writes the socket; a request to a subject nobody
+/// serves is a true round trip, since the server answers "no responders" after handling what
+/// came before it on this connection.
+pub(crate) async fn sync_with_server(client: &async_nats::Client) -> Result<()> {
+    let probe = format!("{}.sync", client.new_inbox());
+    let request = async_nats::Request::new().timeout(Some(PUBLISH_TIMEOUT));
+    let answer = client.send_request(probe, request);
+    match tokio::time::timeout(PUBLISH_TIMEOUT * 2, answer).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+            Err(Error::Timeout { what: "NATS round trip", after: PUBLISH_TIMEOUT })
+        }
+        Ok(Err(e)) => Err(Error::Transport(format!("NATS round trip failed: {e}"))),
+        Err(_) => Err(Error::Timeout { what: "NATS round trip", after: PUBLISH_TIMEOUT * 2 }),
     }
 }
 

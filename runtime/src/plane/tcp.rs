@@ -3,6 +3,9 @@
 //!
 //! Cancellation rides on HTTP/2: dropping the client's stream resets the HTTP/2 stream, and the
 //! server then drops the handler's stream, which cancels the work.
+//!
+//! The same service carries the event plane in TCP mode: its server-streaming `Events` call
+//! serves an [`EventHub`] (see [`serve_with_events`]).
 
 use std::collections::HashMap;
 use std::pin::{Pin, pin};
@@ -13,7 +16,10 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt, stream};
 use switchyard_proto::worker_client::WorkerClient;
 use switchyard_proto::worker_server::{Worker, WorkerServer};
-use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, GenerateRequest, WorkerError};
+use switchyard_proto::{
+    ErrorKind, EventsRequest, FinishReason, GenerateChunk, GenerateRequest, WorkerError,
+    WorkerEvent,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +28,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
 
 use super::{ChunkStream, GenerateHandler, RequestClient};
+use crate::events::EventHub;
 use crate::{Error, Result};
 
 /// How long in-flight streams may run on after shutdown is asked for.
@@ -80,8 +87,32 @@ pub async fn serve_with_config(
     shutdown: CancellationToken,
     config: TcpServerConfig,
 ) -> Result<()> {
+    serve_service(listener, handler, None, shutdown, config).await
+}
+
+/// [`serve_with_config`], and the `Events` call serves `events`: each call streams the events
+/// published on the hub from then on, until `shutdown` fires (so open event streams never hold
+/// the shutdown up). Without it, `Events` answers `UNIMPLEMENTED`.
+pub async fn serve_with_events(
+    listener: TcpListener,
+    handler: Arc<dyn GenerateHandler>,
+    events: EventHub,
+    shutdown: CancellationToken,
+    config: TcpServerConfig,
+) -> Result<()> {
+    serve_service(listener, handler, Some(events), shutdown, config).await
+}
+
+async fn serve_service(
+    listener: TcpListener,
+    handler: Arc<dyn GenerateHandler>,
+    events: Option<EventHub>,
+    shutdown: CancellationToken,
+    config: TcpServerConfig,
+) -> Result<()> {
     let drain = CancellationToken::new();
-    let service = WorkerService { handler, drain: drain.clone() };
+    let service =
+        WorkerService { handler, drain: drain.clone(), events, shutdown: shutdown.clone() };
     // The accept stream ends at shutdown, and tonic then closes its connections gracefully.
     // tonic's own shutdown signal is not used: it would keep the listener bound while the
     // connections drain, so new connections would sit in the backlog unanswered instead of
@@ -145,9 +176,14 @@ struct WorkerService {
     handler: Arc<dyn GenerateHandler>,
     /// Fires when the shutdown grace is over: open streams end with an error chunk.
     drain: CancellationToken,
+    /// What the `Events` call serves, if the worker publishes events.
+    events: Option<EventHub>,
+    /// Ends the `Events` streams at once when shutdown begins.
+    shutdown: CancellationToken,
 }
 
 type WireStream = Pin<Box<dyn Stream<Item = Result<GenerateChunk, Status>> + Send>>;
+type EventWireStream = Pin<Box<dyn Stream<Item = Result<WorkerEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Worker for WorkerService {
@@ -159,6 +195,18 @@ impl Worker for WorkerService {
     ) -> Result<Response<WireStream>, Status> {
         let chunks = self.handler.generate(request.into_inner()).await;
         Ok(Response::new(wire_stream(chunks, self.drain.clone())))
+    }
+
+    type EventsStream = EventWireStream;
+
+    async fn events(
+        &self,
+        _request: Request<EventsRequest>,
+    ) -> Result<Response<EventWireStream>, Status> {
+        let Some(hub) = &self.events else {
+            return Err(Status::unimplemented("this worker publishes no events"));
+        };
+        Ok(Response::new(Box::pin(hub.stream(self.shutdown.clone()).map(Ok))))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The worker's side of the NATS request plane: [`NatsListener`] holds the subscriptions, and
 //! [`serve_listener`] runs a [`GenerateHandler`] for each request until shutdown.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::early_cancels::EarlyCancels;
 use super::{
     CONTROL_ACCEPTED, CONTROL_HEARTBEAT, PUBLISH_TIMEOUT, cancel_subject, check_subject,
     control_headers, error_chunk,
@@ -30,9 +31,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long requests get to send their `SHUTTING_DOWN` chunk once the grace is over.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-/// Cancellations remembered for requests not seen yet. A request and its cancel arrive on two
-/// subscriptions, so the cancel of a request given up at once may be read first.
-const EARLY_CANCELS: usize = 4096;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -337,36 +335,6 @@ impl LiveRequests {
     }
 }
 
-/// Reply subjects of cancels that matched no running request, oldest first, at most
-/// [`EARLY_CANCELS`] of them.
-#[derive(Default)]
-struct EarlyCancels {
-    order: VecDeque<String>,
-    keys: HashSet<String>,
-}
-
-impl EarlyCancels {
-    fn insert(&mut self, key: String) {
-        if self.keys.insert(key.clone()) {
-            self.order.push_back(key);
-        }
-        while self.order.len() > EARLY_CANCELS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.keys.remove(&oldest);
-            }
-        }
-    }
-
-    /// Whether `key` was cancelled early; forgets it either way.
-    fn take(&mut self, key: &str) -> bool {
-        if !self.keys.remove(key) {
-            return false;
-        }
-        self.order.retain(|k| k != key);
-        true
-    }
-}
-
 /// Tells the serve loop that a request task ended, however it ended.
 struct DoneGuard {
     key: String,
@@ -503,22 +471,5 @@ async fn run_request(
             // The client reports the missing final chunk.
             None => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn early_cancels_are_bounded_and_taken_once() {
-        let mut early = EarlyCancels::default();
-        for i in 0..EARLY_CANCELS + 10 {
-            early.insert(format!("k{i}"));
-        }
-        assert_eq!(early.order.len(), EARLY_CANCELS);
-        assert!(!early.take("k0"), "the oldest were forgotten");
-        assert!(early.take(&format!("k{}", EARLY_CANCELS + 9)));
-        assert!(!early.take(&format!("k{}", EARLY_CANCELS + 9)), "taken once");
     }
 }
