@@ -107,11 +107,10 @@ async fn nats_restart_ends_or_completes_in_flight_and_serves_again_within_5s() {
 
     // The in-flight stream ends within the wait: completed or with an error event.
     let mut text = String::new();
-    loop {
-        match tokio::time::timeout(WAIT, resp.chunk()).await.expect("in-flight stream hung") {
-            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(chunk)) =
+        tokio::time::timeout(WAIT, resp.chunk()).await.expect("in-flight stream hung")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let ended_with_error = text.contains("\"error\"");
     let completed = text.contains("\"finish_reason\":\"length\"");

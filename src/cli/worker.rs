@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use switchyard_model::{DEFAULT_MODEL_NAME, DEFAULT_SOURCE, ModelFiles};
 use switchyard_proto::ModelCard;
 use switchyard_runtime::Discovery;
+use switchyard_runtime::events::NatsEventPublisher;
 use switchyard_runtime::plane::nats::{NatsListener, generate_subject};
 use switchyard_worker::mocker::{MockerConfig, MockerEngine};
 use switchyard_worker::service::new_instance_id;
@@ -165,7 +166,11 @@ pub async fn bind(
         PlaneKind::Nats => {
             let subject = generate_subject(namespace, instance_id)?;
             let client = plane.connect_nats().await?;
-            PlaneListener::Nats(NatsListener::bind(client, subject).await?)
+            let events = NatsEventPublisher::new(client.clone(), namespace, instance_id)?;
+            PlaneListener::Nats {
+                listener: Box::new(NatsListener::bind(client, subject).await?),
+                events,
+            }
         }
     })
 }

@@ -5,7 +5,8 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::Stream;
-use switchyard_proto::{GenerateChunk, GenerateRequest, LoadReport, ModelCard};
+use switchyard_proto::{GenerateChunk, GenerateRequest, KvEvent, LoadReport, ModelCard};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -29,6 +30,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Current load, for routers; `None` when the engine cannot tell.
     fn load(&self) -> Option<LoadReport> {
+        None
+    }
+
+    /// The engine's KV events (blocks stored, removed, cache cleared), for routers; `None`
+    /// when the engine cannot tell.
+    fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
         None
     }
 }

@@ -10,8 +10,11 @@ use futures::StreamExt;
 use switchyard_proto::{
     ErrorKind, FinishReason, GenerateChunk, GenerateRequest, InstanceRecord, Role, WorkerError,
 };
+use switchyard_runtime::events::{
+    EventHub, EventPublisher, LoadReporting, NatsEventPublisher, publish_engine_events,
+};
 use switchyard_runtime::plane::nats::{self, NatsListener, NatsServerConfig};
-use switchyard_runtime::plane::tcp;
+use switchyard_runtime::plane::tcp::{self, TcpServerConfig};
 use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,8 +60,8 @@ pub fn new_instance_id() -> String {
 pub enum PlaneListener {
     /// A TCP listener for the gRPC request plane.
     Tcp(TcpListener),
-    /// Subscriptions on the instance's NATS subject.
-    Nats(NatsListener),
+    /// Subscriptions on the instance's NATS subject, and where its events go.
+    Nats { listener: Box<NatsListener>, events: NatsEventPublisher },
 }
 
 impl PlaneListener {
@@ -68,30 +71,48 @@ impl PlaneListener {
             PlaneListener::Tcp(listener) => {
                 advertised_address(listener.local_addr()?, advertise_host)
             }
-            PlaneListener::Nats(listener) => listener.subject().to_owned(),
+            PlaneListener::Nats { listener, .. } => listener.subject().to_owned(),
         })
     }
 
     fn transport(&self) -> &'static str {
         match self {
             PlaneListener::Tcp(_) => "tcp",
-            PlaneListener::Nats(_) => "nats",
+            PlaneListener::Nats { .. } => "nats",
         }
     }
 
-    async fn serve(
+    /// Splits into the server task and the publisher of this instance's events (in TCP mode
+    /// the events are served by the same gRPC server, as its `Events` stream).
+    fn start(
         self,
+        instance_id: &str,
         handler: Arc<dyn GenerateHandler>,
         stop: CancellationToken,
-    ) -> switchyard_runtime::Result<()> {
+    ) -> (ServerFuture, Arc<dyn EventPublisher>) {
         match self {
-            PlaneListener::Tcp(listener) => tcp::serve(listener, handler, stop).await,
-            PlaneListener::Nats(listener) => {
-                nats::serve_listener(listener, handler, stop, NatsServerConfig::default()).await
+            PlaneListener::Tcp(listener) => {
+                let hub = EventHub::new(instance_id);
+                let server = tcp::serve_with_events(
+                    listener,
+                    handler,
+                    hub.clone(),
+                    stop,
+                    TcpServerConfig::default(),
+                );
+                (Box::pin(server), Arc::new(hub))
+            }
+            PlaneListener::Nats { listener, events } => {
+                let server =
+                    nats::serve_listener(*listener, handler, stop, NatsServerConfig::default());
+                (Box::pin(server), Arc::new(events))
             }
         }
     }
 }
+
+type ServerFuture =
+    std::pin::Pin<Box<dyn Future<Output = switchyard_runtime::Result<()>> + Send + 'static>>;
 
 /// Serves `engine` on `listener` until `shutdown`, registered in `discovery` meanwhile.
 /// Returns once the worker has deregistered, drained and stopped its server.
@@ -102,8 +123,9 @@ pub async fn serve(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let instance_id = config.instance_id.clone().unwrap_or_else(new_instance_id);
     let record = InstanceRecord {
-        instance_id: config.instance_id.clone().unwrap_or_else(new_instance_id),
+        instance_id: instance_id.clone(),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
         address: listener.address(config.advertise_host.as_deref())?,
@@ -118,7 +140,20 @@ pub async fn serve(
         in_flight: TaskTracker::new(),
     });
     let plane_stop = CancellationToken::new();
-    let server = tokio::spawn(listener.serve(handler.clone(), plane_stop.clone()));
+    let (server, publisher) = listener.start(&instance_id, handler.clone(), plane_stop.clone());
+    let server = tokio::spawn(server);
+    // KV events and load reports go out from before registration until the server stops.
+    let events_stop = plane_stop.child_token();
+    let engine = handler.engine.clone();
+    let kv_events = engine.kv_events();
+    let events = tokio::spawn(publish_engine_events(
+        publisher,
+        kv_events,
+        move || engine.load(),
+        LoadReporting::default(),
+        events_stop.clone(),
+    ));
+    let _events_guard = events_stop.drop_guard();
     let server = ServerTask { handle: Some(server), stop: plane_stop };
 
     let registration =
@@ -146,7 +181,9 @@ pub async fn serve(
     } else if left > 0 {
         info!(drained = left, "in-flight requests finished");
     }
-    server.stop().await
+    let result = server.stop().await;
+    let _ = events.await;
+    result
 }
 
 fn advertised_address(local: SocketAddr, host: Option<&str>) -> String {

@@ -154,4 +154,8 @@ impl Engine for MockerEngine {
     fn load(&self) -> Option<LoadReport> {
         Some(*self.load.borrow())
     }
+
+    fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
+        Some(self.events.subscribe())
+    }
 }
