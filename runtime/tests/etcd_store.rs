@@ -132,14 +132,16 @@ async fn watch_survives_etcd_restarts() {
     assert_eq!(existing, as_set(&[put(&a, b"a1"), put(&b, b"b1")]));
 
     etcd.kill();
-    // Calls made while etcd is down fail within their bound instead of hanging.
+    // Calls made while etcd is down fail within their bound instead of hanging. The first
+    // call may still meet the dying connection (a broken stream, reported as a store error)
+    // rather than a refused one.
     let asked = Instant::now();
     let down = within("get while down", STEP_TIMEOUT, store.get(&a)).await;
     match &down {
-        Err(e @ (Error::Connect { .. } | Error::Timeout { .. })) => {
+        Err(e @ (Error::Connect { .. } | Error::Timeout { .. } | Error::Store(_))) => {
             assert!(e.to_string().contains("etcd"), "unclear error: {e}");
         }
-        other => panic!("get with etcd down: expected Connect or Timeout, got {other:?}"),
+        other => panic!("get with etcd down: expected an error, got {other:?}"),
     }
     eprintln!("get with etcd down failed after {:?}: {down:?}", asked.elapsed());
 
