@@ -1,14 +1,24 @@
 //! The frontend's configuration: a plain struct the binary fills from its flags.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_router::PolicyKind;
+use switchyard_router::{PolicyConfig, PolicyKind};
+use switchyard_runtime::events::EventSubscriber;
 
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FrontendConfig {
     /// Which policy picks an instance among the live ones of a model.
     pub router_mode: PolicyKind,
+    /// The policies' settings (the `kv` policy's cost knobs).
+    pub policy: PolicyConfig,
+    /// Where the workers' KV events and load reports come from; `None` routes on this
+    /// frontend's own decisions alone.
+    pub events: Option<Arc<dyn EventSubscriber>>,
+    /// How long a routing decision stands in for the KV events of a worker that sends none.
+    pub kv_decision_ttl: Duration,
     /// Largest request body accepted; bigger ones get 413 before they are parsed.
     pub max_body_bytes: usize,
     /// Bound on a whole request, from the body read to the last streamed byte, so nothing
@@ -26,10 +36,28 @@ impl Default for FrontendConfig {
     fn default() -> Self {
         FrontendConfig {
             router_mode: PolicyKind::RoundRobin,
+            policy: PolicyConfig::default(),
+            events: None,
+            kv_decision_ttl: Duration::from_secs(120),
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_attempts: 3,
             default_max_tokens: 8192,
         }
+    }
+}
+
+impl fmt::Debug for FrontendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontendConfig")
+            .field("router_mode", &self.router_mode)
+            .field("policy", &self.policy)
+            .field("events", &self.events.as_ref().map(|_| "subscriber"))
+            .field("kv_decision_ttl", &self.kv_decision_ttl)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .finish()
     }
 }

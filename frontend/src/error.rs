@@ -50,6 +50,9 @@ pub enum Error {
     /// Discovery could not be followed at start-up.
     #[error("discovery: {0}")]
     Discovery(#[source] switchyard_runtime::Error),
+    /// The event plane could not be subscribed to at start-up.
+    #[error("event plane: {0}")]
+    Events(#[source] switchyard_runtime::Error),
     /// The listener failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -74,9 +77,11 @@ impl Error {
             Error::NoInstance { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Worker(_) => StatusCode::BAD_GATEWAY,
-            Error::ModelLoad { .. } | Error::Discovery(_) | Error::Io(_) | Error::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::ModelLoad { .. }
+            | Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Io(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -93,9 +98,11 @@ impl Error {
             Error::Unavailable { .. } => ("server_error", Some("overloaded")),
             Error::Timeout { .. } => ("server_error", Some("timeout")),
             Error::Worker(_) => ("server_error", Some("worker_error")),
-            Error::ModelLoad { .. } | Error::Discovery(_) | Error::Io(_) | Error::Internal(_) => {
-                ("server_error", Some("internal_error"))
-            }
+            Error::ModelLoad { .. }
+            | Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Io(_)
+            | Error::Internal(_) => ("server_error", Some("internal_error")),
         }
     }
 
@@ -104,9 +111,11 @@ impl Error {
     fn public_message(&self) -> Cow<'_, str> {
         match self {
             Error::Worker(_) => Cow::Borrowed("the worker failed while serving the request"),
-            Error::ModelLoad { .. } | Error::Discovery(_) | Error::Io(_) | Error::Internal(_) => {
-                Cow::Borrowed("internal server error")
-            }
+            Error::ModelLoad { .. }
+            | Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Io(_)
+            | Error::Internal(_) => Cow::Borrowed("internal server error"),
             other => Cow::Owned(other.to_string()),
         }
     }

@@ -13,6 +13,7 @@ mod error;
 mod generation;
 mod handlers;
 mod health;
+mod kv_router;
 pub mod metrics;
 mod models;
 mod openai;
@@ -40,6 +41,7 @@ pub use error::Error;
 pub use switchyard_router::PolicyKind;
 
 use crate::handlers::AppState;
+use crate::kv_router::KvRouter;
 use crate::models::ModelRegistry;
 
 /// Bound on waiting for the frontend's own background tasks after the server stopped.
@@ -47,9 +49,10 @@ const TASKS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown`, then drains open requests.
 ///
-/// Follows `discovery` for the live instances and reaches them through `client`. Returns once
-/// the server has stopped; an error only when discovery cannot be read at start or the
-/// listener fails.
+/// Follows `discovery` for the live instances and reaches them through `client`; with
+/// `config.events`, follows the workers' KV events and load reports too. Returns once the
+/// server has stopped; an error only when discovery cannot be read at start, the event plane
+/// cannot be subscribed to, the policy settings are invalid, or the listener fails.
 pub async fn serve(
     listener: TcpListener,
     config: FrontendConfig,
@@ -65,7 +68,18 @@ pub async fn serve(
     let _ = metrics::prometheus_handle();
     tasks.spawn(metrics_upkeep(stop.clone()));
 
-    let state = Arc::new(AppState { policy: config.router_mode.build(), registry, client, config });
+    let policy = config
+        .router_mode
+        .build_with(&config.policy)
+        .map_err(|e| Error::Internal(format!("invalid router settings: {e}")))?;
+    let events = match &config.events {
+        Some(subscriber) => Some(subscriber.subscribe().await.map_err(Error::Events)?),
+        None => None,
+    };
+    let kv = Arc::new(KvRouter::new(config.kv_decision_ttl));
+    tasks.spawn(kv.clone().run(registry.changes(), events, stop.clone()));
+
+    let state = Arc::new(AppState { policy, kv, registry, client, config });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
     // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.

@@ -29,6 +29,17 @@ pub const INPUT_TOKENS_TOTAL: &str = "switchyard_frontend_input_tokens_total";
 /// Tokens received from workers, by `model`.
 pub const OUTPUT_TOKENS_TOTAL: &str = "switchyard_frontend_output_tokens_total";
 
+/// Leading prompt blocks the chosen instance already held, per routing decision.
+pub const ROUTER_OVERLAP_BLOCKS: &str = "switchyard_frontend_router_overlap_blocks";
+/// Seconds one routing decision took (index lookup, load, policy).
+pub const ROUTER_DECISION_TIME: &str = "switchyard_frontend_router_decision_seconds";
+/// KV blocks this frontend predicts its in-flight requests occupy, by `instance`.
+pub const ROUTER_PREDICTED_BLOCKS: &str = "switchyard_frontend_router_predicted_blocks";
+/// Instances the KV index tracks, by `model`.
+pub const ROUTER_INDEXED_INSTANCES: &str = "switchyard_frontend_router_indexed_instances";
+/// KV events after which an instance's index entry needed a resync (events were lost).
+pub const ROUTER_RESYNC_NEEDED: &str = "switchyard_frontend_router_resync_needed_total";
+
 /// Label value for requests whose model is not (yet) known: client-given names never become
 /// label values, so a scan of bogus names cannot grow the series without bound.
 const UNKNOWN_MODEL: &str = "unknown";
@@ -36,6 +47,10 @@ const UNKNOWN_MODEL: &str = "unknown";
 const TTFT_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const ITL_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0];
+const OVERLAP_BUCKETS: &[f64] =
+    &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+const DECISION_BUCKETS: &[f64] =
+    &[1e-6, 2.5e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
 const DURATION_BUCKETS: &[f64] =
     &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
@@ -56,6 +71,12 @@ fn install() -> Option<PrometheusHandle> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(ROUTER_OVERLAP_BLOCKS.into()), OVERLAP_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(ROUTER_DECISION_TIME.into()), DECISION_BUCKETS)
         });
     let recorder = match builder {
         Ok(builder) => builder.build_recorder(),
@@ -93,6 +114,15 @@ fn describe() {
     metrics::describe_counter!(INSTANCE_REQUESTS_TOTAL, "Requests each instance accepted");
     metrics::describe_counter!(INPUT_TOKENS_TOTAL, "Prompt tokens sent to workers");
     metrics::describe_counter!(OUTPUT_TOKENS_TOTAL, "Tokens received from workers");
+    metrics::describe_histogram!(ROUTER_OVERLAP_BLOCKS, "Cached prompt blocks per decision");
+    metrics::describe_histogram!(
+        ROUTER_DECISION_TIME,
+        metrics::Unit::Seconds,
+        "Time per routing decision"
+    );
+    metrics::describe_gauge!(ROUTER_PREDICTED_BLOCKS, "Predicted KV blocks of in-flight requests");
+    metrics::describe_gauge!(ROUTER_INDEXED_INSTANCES, "Instances in the KV index");
+    metrics::describe_counter!(ROUTER_RESYNC_NEEDED, "KV index resyncs needed (events lost)");
 }
 
 /// The Prometheus text exposition of every metric.

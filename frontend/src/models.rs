@@ -153,6 +153,11 @@ impl ModelRegistry {
     }
 
     /// The latest table: one lock-free read and an `Arc` clone.
+    /// The table and its later versions.
+    pub fn changes(&self) -> watch::Receiver<Arc<ModelTable>> {
+        self.table.clone()
+    }
+
     pub fn table(&self) -> Arc<ModelTable> {
         self.table.borrow().clone()
     }

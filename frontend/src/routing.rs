@@ -9,23 +9,25 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use switchyard_proto::{ErrorKind, GenerateChunk, GenerateRequest};
-use switchyard_router::{Candidate, Policy, RequestInfo};
+use switchyard_router::{Policy, RequestInfo};
 use switchyard_runtime::{ChunkStream, RequestClient};
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::Error;
+use crate::kv_router::{KvRouter, Reservation};
 use crate::models::{ModelEntry, RoutedInstance};
 
-/// Counts a request against an instance while it lives.
+/// Counts a request against an instance while it lives, and holds its predicted KV blocks.
 #[derive(Debug)]
 pub(crate) struct InFlightGuard {
     counter: Arc<AtomicU32>,
+    _reservation: Reservation,
 }
 
 impl InFlightGuard {
-    fn new(counter: &Arc<AtomicU32>) -> InFlightGuard {
+    fn new(counter: &Arc<AtomicU32>, reservation: Reservation) -> InFlightGuard {
         counter.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { counter: counter.clone() }
+        InFlightGuard { counter: counter.clone(), _reservation: reservation }
     }
 }
 
@@ -46,6 +48,7 @@ pub(crate) struct Dispatched {
 pub(crate) struct Dispatch<'a> {
     pub model: &'a ModelEntry,
     pub policy: &'a dyn Policy,
+    pub kv: &'a Arc<KvRouter>,
     pub client: &'a dyn RequestClient,
     pub max_attempts: usize,
     pub deadline: Instant,
@@ -63,7 +66,8 @@ impl Dispatch<'_> {
         let attempts = self.max_attempts.clamp(1, instances.len());
         let mut tried: Vec<usize> = Vec::new();
         for attempt in 0..attempts {
-            let Some(index) = self.select(&tried, &request.block_hashes, request.token_ids.len())
+            let Some((index, reservation)) =
+                self.select(&tried, &request.block_hashes, request.token_ids.len())
             else {
                 break;
             };
@@ -75,26 +79,27 @@ impl Dispatch<'_> {
                 request.clone()
             };
             this.deadline_ms = remaining_ms(self.deadline);
-            if let Some(dispatched) = self.try_instance(&instances[index], this).await? {
+            if let Some(dispatched) =
+                self.try_instance(&instances[index], this, reservation).await?
+            {
                 return Ok(dispatched);
             }
         }
         Err(Error::Unavailable { model: self.model.name.clone(), tried: tried.len() })
     }
 
-    /// The policy's choice among the instances not tried yet.
-    fn select(&self, tried: &[usize], block_hashes: &[u64], prompt_tokens: usize) -> Option<usize> {
+    /// The policy's choice among the instances not tried yet, with its predicted KV blocks
+    /// booked.
+    fn select(
+        &self,
+        tried: &[usize],
+        block_hashes: &[u64],
+        prompt_tokens: usize,
+    ) -> Option<(usize, Reservation)> {
         let info = RequestInfo { block_hashes, prompt_tokens };
-        let instances = &self.model.instances;
-        if tried.is_empty() {
-            let candidates: Vec<Candidate<'_>> = instances.iter().map(candidate).collect();
-            return self.policy.select(&candidates, &info).filter(|&i| i < instances.len());
-        }
-        // A retry: rare, so the index map's allocation does not matter.
-        let untried: Vec<usize> = (0..instances.len()).filter(|i| !tried.contains(i)).collect();
-        let candidates: Vec<Candidate<'_>> =
-            untried.iter().map(|&i| candidate(&instances[i])).collect();
-        self.policy.select(&candidates, &info).and_then(|i| untried.get(i).copied())
+        let untried: Vec<usize> =
+            (0..self.model.instances.len()).filter(|i| !tried.contains(i)).collect();
+        self.kv.select(self.model, &untried, self.policy, &info)
     }
 
     /// One attempt: `Ok(None)` when the instance could not take the request and another may.
@@ -102,9 +107,10 @@ impl Dispatch<'_> {
         &self,
         instance: &RoutedInstance,
         request: GenerateRequest,
+        reservation: Reservation,
     ) -> Result<Option<Dispatched>, Error> {
         let record = &instance.record;
-        let in_flight = InFlightGuard::new(&instance.in_flight);
+        let in_flight = InFlightGuard::new(&instance.in_flight, reservation);
         let timed_out = || Error::Timeout { after: self.timeout };
         let mut stream = match timeout_at(
             self.deadline,
@@ -140,10 +146,6 @@ impl Dispatch<'_> {
         instance.requests.increment(1);
         Ok(Some(Dispatched { first, stream, in_flight }))
     }
-}
-
-fn candidate(instance: &RoutedInstance) -> Candidate<'_> {
-    Candidate::new(&instance.record.instance_id, instance.in_flight.load(Ordering::Relaxed))
 }
 
 /// Milliseconds left until `deadline`, at least 1 (0 would mean "no deadline" to a worker).

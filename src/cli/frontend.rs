@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use switchyard_frontend::FrontendConfig;
-use switchyard_router::PolicyKind;
+use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +24,27 @@ pub struct HttpArgs {
     #[arg(long, env = env::HTTP_PORT, default_value_t = 8000)]
     pub http_port: u16,
 
-    /// How the frontend picks a worker: round-robin or random.
+    /// How the frontend picks a worker: round-robin, random, least-loaded, power-of-two or kv
+    /// (prefix-cache aware, from the workers' KV events and load).
     #[arg(long, env = env::ROUTER_MODE, default_value = "round-robin")]
     pub router_mode: PolicyKind,
+
+    /// kv mode: weight of one prompt block to prefill against one block of running KV.
+    #[arg(long, env = env::KV_PREFILL_LOAD_SCALE, default_value_t = 1.0)]
+    pub kv_prefill_load_scale: f64,
+
+    /// kv mode: cost of each queued or running request on a worker, in blocks.
+    #[arg(long, env = env::KV_ACTIVE_REQUEST_WEIGHT, default_value_t = 1.0)]
+    pub kv_active_request_weight: f64,
+
+    /// kv mode: softmax temperature over normalized costs; 0 picks the cheapest.
+    #[arg(long, env = env::KV_TEMPERATURE, default_value_t = 0.0)]
+    pub kv_temperature: f64,
+
+    /// How long a routing decision stands in for the KV events of a worker that sends none,
+    /// in seconds.
+    #[arg(long, env = env::KV_DECISION_TTL_SECS, default_value_t = 120)]
+    pub kv_decision_ttl_secs: u64,
 
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = 16 * 1024 * 1024)]
@@ -41,6 +59,14 @@ impl HttpArgs {
     pub fn config(&self) -> FrontendConfig {
         FrontendConfig {
             router_mode: self.router_mode,
+            policy: PolicyConfig {
+                kv: KvPolicyConfig {
+                    prefill_load_scale: self.kv_prefill_load_scale,
+                    active_request_weight: self.kv_active_request_weight,
+                    temperature: self.kv_temperature,
+                },
+            },
+            kv_decision_ttl: Duration::from_secs(self.kv_decision_ttl_secs),
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             ..FrontendConfig::default()
@@ -83,7 +109,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = plane.client().await?;
-    switchyard_frontend::serve(listener, http.config(), discovery, client, shutdown)
+    // Kept alive while the frontend runs: the TCP event plane follows it for workers' streams.
+    let instances = discovery
+        .watch_instances(shutdown.child_token())
         .await
-        .context("frontend failed")
+        .context("watching discovery for the event plane")?;
+    let mut config = http.config();
+    config.events = Some(plane.event_subscriber(discovery.namespace(), &instances).await?);
+    let served = switchyard_frontend::serve(listener, config, discovery, client, shutdown).await;
+    drop(instances);
+    served.context("frontend failed")
 }

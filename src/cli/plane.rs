@@ -5,6 +5,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use switchyard_runtime::RequestClient;
+use switchyard_runtime::discovery::InstanceWatch;
+use switchyard_runtime::events::{
+    EventSubscriber, NatsEventSubscriber, TcpEventConfig, TcpEventSubscriber,
+};
 use switchyard_runtime::plane::nats::{self, NatsClient, NatsClientConfig};
 use switchyard_runtime::plane::tcp::{TcpClient, TcpClientConfig};
 
@@ -52,6 +56,24 @@ impl PlaneArgs {
             PlaneKind::Nats => {
                 let client = self.connect_nats().await?;
                 Arc::new(NatsClient::new(client, NatsClientConfig::default()).await?)
+            }
+        })
+    }
+
+    /// The frontend's side of the event plane, for the workers of `namespace`: in TCP mode one
+    /// stream per instance of `instances` (keep the watch alive while the subscriber is used).
+    pub async fn event_subscriber(
+        &self,
+        namespace: &str,
+        instances: &InstanceWatch,
+    ) -> anyhow::Result<Arc<dyn EventSubscriber>> {
+        Ok(match self.request_plane {
+            PlaneKind::Tcp => {
+                Arc::new(TcpEventSubscriber::new(instances.subscribe(), TcpEventConfig::default()))
+            }
+            PlaneKind::Nats => {
+                let client = self.connect_nats().await?;
+                Arc::new(NatsEventSubscriber::new(client, namespace)?)
             }
         })
     }

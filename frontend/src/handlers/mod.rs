@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::config::FrontendConfig;
 use crate::error::Error;
 use crate::generation::{Generation, GenerationSetup, Step};
+use crate::kv_router::KvRouter;
 use crate::metrics::RequestTracker;
 use crate::models::{ModelEntry, ModelRegistry};
 use crate::openai::params::{RequestParams, resolve_max_tokens};
@@ -33,6 +34,7 @@ pub(crate) struct AppState {
     pub registry: ModelRegistry,
     pub client: Arc<dyn RequestClient>,
     pub policy: Box<dyn Policy>,
+    pub kv: Arc<KvRouter>,
 }
 
 /// A request ready for a worker.
@@ -127,6 +129,7 @@ pub(crate) async fn respond(
     let dispatch = Dispatch {
         model: &entry,
         policy: state.policy.as_ref(),
+        kv: &state.kv,
         client: state.client.as_ref(),
         max_attempts: state.config.max_attempts,
         deadline,
