@@ -317,7 +317,7 @@ pub async fn server_death_ends_stream_with_error(harness: &dyn PlaneHarness) {
     let error = within("an error after the server died", async {
         loop {
             match stream.next().await {
-                Some(Ok(chunk)) if !super::tcp::is_final(&chunk) => {}
+                Some(Ok(chunk)) if !super::is_final(&chunk) => {}
                 Some(Ok(chunk)) => panic!("a final chunk from a dead server: {chunk:?}"),
                 Some(Err(error)) => return error,
                 None => panic!("the stream ended without an error"),

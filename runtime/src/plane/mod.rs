@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::Stream;
-use switchyard_proto::{GenerateChunk, GenerateRequest};
+use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, GenerateRequest, WorkerError};
 
 use crate::Result;
 
@@ -33,4 +33,19 @@ pub trait GenerateHandler: Send + Sync + 'static {
     /// Starts `request`. Failures are reported as a final chunk with `error` set, so they
     /// cross the wire with their kind. Dropping the stream cancels the request.
     async fn generate(&self, request: GenerateRequest) -> ChunkStream;
+}
+
+/// Whether `chunk` is the last of its response: it has a finish reason or an error.
+pub fn is_final(chunk: &GenerateChunk) -> bool {
+    chunk.finish_reason() != FinishReason::Unspecified || chunk.error.is_some()
+}
+
+/// The final chunk that reports a failure of kind `kind` at position `seq`.
+pub(crate) fn error_chunk(seq: u64, kind: ErrorKind, message: String) -> GenerateChunk {
+    GenerateChunk {
+        seq,
+        finish_reason: FinishReason::Error.into(),
+        error: Some(WorkerError { kind: kind.into(), message }),
+        ..GenerateChunk::default()
+    }
 }

@@ -26,7 +26,6 @@ mod server;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, HeaderMap, Message};
-use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, WorkerError};
 
 use crate::{Error, Result};
 
@@ -155,15 +154,7 @@ fn control_headers(value: &'static str) -> HeaderMap {
     headers
 }
 
-/// The final chunk that reports a failure of kind `kind` at position `seq`.
-fn error_chunk(seq: u64, kind: ErrorKind, message: String) -> GenerateChunk {
-    GenerateChunk {
-        seq,
-        finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message }),
-        ..GenerateChunk::default()
-    }
-}
+pub(crate) use super::error_chunk;
 
 #[cfg(test)]
 mod tests {

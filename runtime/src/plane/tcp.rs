@@ -16,10 +16,7 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt, stream};
 use switchyard_proto::worker_client::WorkerClient;
 use switchyard_proto::worker_server::{Worker, WorkerServer};
-use switchyard_proto::{
-    ErrorKind, EventsRequest, FinishReason, GenerateChunk, GenerateRequest, WorkerError,
-    WorkerEvent,
-};
+use switchyard_proto::{ErrorKind, EventsRequest, GenerateChunk, GenerateRequest, WorkerEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -40,20 +37,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether `chunk` is the last of its response: it has a finish reason or an error.
-pub fn is_final(chunk: &GenerateChunk) -> bool {
-    chunk.finish_reason() != FinishReason::Unspecified || chunk.error.is_some()
-}
-
-/// The final chunk that reports a failure of kind `kind` at position `seq`.
-fn error_chunk(seq: u64, kind: ErrorKind, message: String) -> GenerateChunk {
-    GenerateChunk {
-        seq,
-        finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message }),
-        ..GenerateChunk::default()
-    }
-}
+use super::error_chunk;
+pub use super::is_final;
 
 /// Server settings.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{CONTROL_ACCEPTED, CONTROL_HEARTBEAT, PUBLISH_TIMEOUT, cancel_subject, control};
-use crate::plane::tcp::is_final;
+use crate::plane::is_final;
 use crate::plane::{ChunkStream, RequestClient};
 use crate::{Error, Result};
 

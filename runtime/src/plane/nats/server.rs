@@ -21,7 +21,7 @@ use super::{
     CONTROL_ACCEPTED, CONTROL_HEARTBEAT, PUBLISH_TIMEOUT, cancel_subject, check_subject,
     control_headers, error_chunk,
 };
-use crate::plane::tcp::is_final;
+use crate::plane::is_final;
 use crate::plane::{ChunkStream, GenerateHandler};
 use crate::{Error, Result};
 
