@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config::Goodput;
 use crate::record::RequestRecord;
 use crate::runner::RunOutput;
+use crate::server_stats::InstanceRequests;
 use crate::stats::Distribution;
 use crate::{Error, TokenCounter};
 
@@ -72,6 +73,16 @@ pub struct RunMetrics {
     pub send_lag: Distribution,
     pub client_cpu: Option<Duration>,
     pub cost: Option<Cost>,
+    /// Prompt tokens served from the prefix cache, from `usage` (none if never reported).
+    pub total_cached_server: Option<u64>,
+    /// `total_cached_server` over the prompt tokens the server counted.
+    pub prefix_cache_hit_rate: Option<f64>,
+    /// The best hit rate the workload allows ([`crate::prefix_bound`]).
+    pub prefix_cache_hit_rate_bound: Option<f64>,
+    /// Requests each worker received during the run, from a Switchyard frontend's metrics.
+    pub instance_requests: Option<InstanceRequests>,
+    /// The busiest worker's requests over the mean per worker (1 is an even spread).
+    pub instance_requests_max_over_mean: Option<f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -114,6 +125,14 @@ impl RunMetrics {
         m.total_input_server =
             ok.iter().map(|r| r.usage_prompt_tokens.map(u64::from)).sum::<Option<u64>>();
         m.total_output = ok.iter().map(|r| r.output_tokens() as u64).sum();
+        let cached: Vec<u64> =
+            ok.iter().filter_map(|r| r.usage_cached_tokens.map(u64::from)).collect();
+        if !cached.is_empty() {
+            let cached: u64 = cached.iter().sum();
+            let prompt = m.total_input_server.unwrap_or(m.total_input);
+            m.total_cached_server = Some(cached);
+            m.prefix_cache_hit_rate = (prompt > 0).then(|| cached as f64 / prompt as f64);
+        }
         m.request_throughput = m.completed as f64 / dur;
         m.input_throughput = m.total_input as f64 / dur;
         m.output_throughput = m.total_output as f64 / dur;
@@ -222,6 +241,8 @@ mod tests {
             text: "x".repeat(chunks.len()),
             end: at(end),
             usage_completion_tokens: Some(chunks.len() as u32),
+            usage_prompt_tokens: Some(10),
+            usage_cached_tokens: Some(index as u32 * 4),
             ..RequestRecord::default()
         }
     }
@@ -257,6 +278,8 @@ mod tests {
         assert_eq!(m.request_goodput, Some(1.0));
         assert!((m.concurrency - 0.38).abs() < 1e-9);
         assert_eq!(m.client_cpu_ms_per_request(), Some(1.0));
+        // 0 + 4 cached of the completed requests' 20 prompt tokens.
+        assert_eq!((m.total_cached_server, m.prefix_cache_hit_rate), (Some(4), Some(0.2)));
         // 3.6 $/h × 2 GPUs × 1 s = 0.002 $ for 5 tokens and 2 requests.
         let c = m.cost.unwrap();
         assert!((c.per_1m_output_tokens.unwrap() - 400.0).abs() < 1e-9);

@@ -69,6 +69,9 @@ pub struct RequestRecord {
     pub usage_completion_tokens: Option<u32>,
     /// `usage.prompt_tokens` as the server reported it.
     pub usage_prompt_tokens: Option<u32>,
+    /// `usage.prompt_tokens_details.cached_tokens`: prompt tokens the server served from its
+    /// prefix cache.
+    pub usage_cached_tokens: Option<u32>,
     pub failure: Option<Failure>,
 }
 

@@ -16,7 +16,9 @@ use crate::output::compare::{self, Labeled};
 use crate::output::line::ResultLine;
 use crate::output::report::{self, ReportRun};
 use crate::output::result::{self, RunInfo};
+use crate::prefix_bound::prefix_cache_bound;
 use crate::runner::{self, Point};
+use crate::server_stats;
 use crate::{Error, TokenCounter};
 
 /// How long the server gets to list its models when `--model` is not given.
@@ -40,6 +42,8 @@ pub struct BenchPlan {
     pub report: Option<PathBuf>,
     pub gpu_cost_per_hour: Option<f64>,
     pub gpus: Option<f64>,
+    /// Tokens per KV block of the server, for the workload's prefix-cache hit rate bound.
+    pub kv_block_size: usize,
 }
 
 impl BenchPlan {
@@ -58,6 +62,7 @@ impl BenchPlan {
             report: None,
             gpu_cost_per_hour: None,
             gpus: None,
+            kv_block_size: 16,
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct Target {
     pub server_info: Value,
     /// GPUs behind it when `--gpus` is not given (e.g. one per simulated worker).
     pub default_gpus: Option<f64>,
+    /// Workers behind it, when known; otherwise those its frontend's metrics name.
+    pub workers: Option<usize>,
 }
 
 impl Target {
@@ -82,6 +89,7 @@ impl Target {
             topology: None,
             server_info: Value::Null,
             default_gpus: None,
+            workers: None,
         }
     }
 }
@@ -101,6 +109,7 @@ pub struct Bench {
     plan: BenchPlan,
     tokenizer: TokenCounter,
     dataset: Arc<Dataset>,
+    hit_rate_bound: Option<f64>,
 }
 
 impl Bench {
@@ -111,7 +120,8 @@ impl Bench {
         }
         let tokenizer = TokenCounter::load(&plan.tokenizer)?;
         let dataset = Arc::new(Dataset::build(&plan.dataset, &tokenizer)?);
-        Ok(Bench { plan, tokenizer, dataset })
+        let hit_rate_bound = prefix_cache_bound(&dataset, &tokenizer, plan.kv_block_size)?;
+        Ok(Bench { plan, tokenizer, dataset, hit_rate_bound })
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -170,9 +180,11 @@ impl Bench {
         let cost = self.plan.gpu_cost_per_hour.map(|per_hour| GpuCost { per_hour, gpus });
         let mut results = Vec::new();
         for point in self.points() {
+            let before = server_stats::instance_requests(&run).await;
             let output =
                 runner::run_point(run.clone(), self.dataset.clone(), point, shutdown.clone())
                     .await?;
+            let after = server_stats::instance_requests(&run).await;
             let label = self.label(target, point);
             let info = RunInfo {
                 tag: label.clone(),
@@ -193,10 +205,18 @@ impl Bench {
             };
             let (tokenizer, details, goodput) =
                 (self.tokenizer.clone(), self.plan.output_details, run.goodput);
+            let (bound, workers) = (self.hit_rate_bound, target.workers);
             let (metrics, line, output) = tokio::task::spawn_blocking({
                 let info = info.clone();
                 move || -> Result<_, Error> {
-                    let metrics = RunMetrics::compute(&output, &tokenizer, goodput, cost)?;
+                    let mut metrics = RunMetrics::compute(&output, &tokenizer, goodput, cost)?;
+                    metrics.prefix_cache_hit_rate_bound = bound;
+                    if let (Some(before), Some(after)) = (before, after) {
+                        let spread = server_stats::delta(&before, &after);
+                        metrics.instance_requests_max_over_mean =
+                            server_stats::max_over_mean(&spread, workers.unwrap_or(after.len()));
+                        metrics.instance_requests = Some(spread);
+                    }
                     let mut line = result::result_line(&info, &metrics);
                     if details {
                         result::push_details(&mut line, &output.records, &metrics, &tokenizer)?;

@@ -59,6 +59,15 @@ impl TokenCounter {
         Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
     }
 
+    /// Token ids of many texts at once.
+    pub fn ids_batch(&self, texts: Vec<&str>) -> Result<Vec<Vec<u32>>, Error> {
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }

@@ -35,7 +35,7 @@ pub struct FrontendConfig {
 impl Default for FrontendConfig {
     fn default() -> Self {
         FrontendConfig {
-            router_mode: PolicyKind::RoundRobin,
+            router_mode: PolicyKind::Kv,
             policy: PolicyConfig::default(),
             events: None,
             kv_decision_ttl: Duration::from_secs(120),

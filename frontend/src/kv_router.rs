@@ -15,16 +15,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_proto::worker_event::Event;
-use switchyard_proto::{LoadReport, WorkerEvent, kv_event};
-use switchyard_router::{Applied, Candidate, KvChange, KvEvent, KvIndex, Policy, RequestInfo};
-use switchyard_runtime::events::EventStream;
+use switchyard_proto::{KvSnapshot, LoadReport, WorkerEvent, kv_event};
+use switchyard_router::{
+    Applied, Candidate, InstanceId, KvChange, KvEvent, KvIndex, Policy, RequestInfo, ResyncReason,
+};
+use switchyard_runtime::events::{EventStream, EventSubscriber};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{
     ROUTER_DECISION_TIME, ROUTER_INDEXED_INSTANCES, ROUTER_OVERLAP_BLOCKS, ROUTER_PREDICTED_BLOCKS,
-    ROUTER_RESYNC_NEEDED,
+    ROUTER_RESYNC_NEEDED, ROUTER_SNAPSHOT_REQUESTS, ROUTER_SNAPSHOTS_APPLIED,
 };
+
+/// Least time between two snapshot requests to one instance.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait to send a snapshot request.
+const SNAPSHOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::models::{ModelEntry, ModelTable};
 
 /// The KV indexes and load of every model's instances.
@@ -82,12 +89,17 @@ impl KvRouter {
     }
 
     /// Follows discovery's model table and, when given, the workers' events, until `stop`.
+    /// A worker whose events show a gap is asked for a snapshot through `subscriber`.
     pub async fn run(
         self: Arc<Self>,
         mut table: watch::Receiver<Arc<ModelTable>>,
+        subscriber: Option<Arc<dyn EventSubscriber>>,
         mut events: Option<EventStream>,
         stop: CancellationToken,
     ) {
+        // When each instance was last asked for a snapshot: one gap is often followed by
+        // more events from before the snapshot arrives, and one request covers them all.
+        let mut asked: HashMap<String, Instant> = HashMap::new();
         let first = table.borrow_and_update().clone();
         self.sync(&first);
         loop {
@@ -101,7 +113,25 @@ impl KvRouter {
                     self.sync(&snapshot);
                 }
                 event = next_event(&mut events) => match event {
-                    Some(event) => self.apply(event),
+                    Some(event) => {
+                        let Some(instance) = self.apply(event) else { continue };
+                        let Some(subscriber) = &subscriber else { continue };
+                        if asked.get(&instance).is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY) {
+                            continue;
+                        }
+                        asked.retain(|_, at| at.elapsed() < SNAPSHOT_RETRY);
+                        asked.insert(instance.clone(), Instant::now());
+                        let request = subscriber.request_snapshot(&instance);
+                        match tokio::time::timeout(SNAPSHOT_REQUEST_TIMEOUT, request).await {
+                            Ok(Ok(())) => {
+                                metrics::counter!(ROUTER_SNAPSHOT_REQUESTS).increment(1);
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(instance, error = %e, "cannot ask for a KV snapshot");
+                            }
+                            Err(_) => tracing::warn!(instance, "asking for a KV snapshot timed out"),
+                        }
+                    }
                     None => {
                         tracing::warn!("the event stream ended; routing on decisions alone");
                         events = None;
@@ -152,8 +182,9 @@ impl KvRouter {
         *owners = live;
     }
 
-    /// Applies one worker event.
-    pub fn apply(&self, event: WorkerEvent) {
+    /// Applies one worker event. Returns the instance when the event showed that the index
+    /// lost track of it and a snapshot would set it right.
+    pub fn apply(&self, event: WorkerEvent) -> Option<String> {
         let instance = event.instance_id;
         let mut state = self.lock();
         let State { indexes, owners, loads, .. } = &mut *state;
@@ -165,9 +196,13 @@ impl KvRouter {
                 let Some(index) = owners.get(&instance).and_then(|model| indexes.get_mut(model))
                 else {
                     tracing::debug!(instance, "KV event of an instance not in discovery; ignored");
-                    return;
+                    return None;
                 };
                 let id = index.add_instance(&instance);
+                if let Some(kv_event::Data::Snapshot(snapshot)) = &kv.data {
+                    resync(index, id, &instance, kv.event_id, snapshot);
+                    return None;
+                }
                 let change = match &kv.data {
                     Some(kv_event::Data::Stored(stored)) => KvChange::Stored {
                         parent: stored.parent_hash,
@@ -177,12 +212,21 @@ impl KvRouter {
                         KvChange::Removed { blocks: &removed.block_hashes }
                     }
                     Some(kv_event::Data::Cleared(_)) => KvChange::Cleared,
-                    None => return,
+                    Some(kv_event::Data::Snapshot(_)) | None => return None,
                 };
                 match index.apply(id, &KvEvent { event_id: kv.event_id, change }) {
+                    // A snapshot would not fit either: the index keeps what fits.
+                    Ok(Applied::ResyncNeeded(reason @ ResyncReason::OverCapacity { .. })) => {
+                        tracing::warn!(instance, ?reason, "KV index of an instance is full");
+                    }
                     Ok(Applied::ResyncNeeded(reason)) => {
-                        tracing::warn!(instance, ?reason, "KV index of an instance needs a resync");
+                        tracing::debug!(
+                            instance,
+                            ?reason,
+                            "KV index of an instance needs a resync"
+                        );
                         metrics::counter!(ROUTER_RESYNC_NEEDED).increment(1);
+                        return Some(instance);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(instance, error = %e, "KV event not applied"),
@@ -190,6 +234,7 @@ impl KvRouter {
             }
             Some(Event::Load(_)) | None => {}
         }
+        None
     }
 
     /// Picks one of `allowed` (indices into `model.instances`) with `policy`, and books the
@@ -257,6 +302,35 @@ impl KvRouter {
         metrics::histogram!(ROUTER_OVERLAP_BLOCKS).record(f64::from(overlap));
         metrics::histogram!(ROUTER_DECISION_TIME).record(started.elapsed().as_secs_f64());
         Some((position, Reservation { router: self.clone(), instance, blocks }))
+    }
+}
+
+/// Replaces what `index` holds for `id` with `snapshot`, taken by the worker as its event
+/// `event_id`, unless the index already applied later events.
+fn resync(
+    index: &mut KvIndex,
+    id: InstanceId,
+    instance: &str,
+    event_id: u64,
+    snapshot: &KvSnapshot,
+) {
+    if index.next_event_id(id).is_some_and(|next| event_id < next) {
+        tracing::debug!(instance, event_id, "KV snapshot older than the events applied; ignored");
+        return;
+    }
+    let chains =
+        snapshot.chains.iter().map(|chain| (chain.parent_hash, chain.block_hashes.as_slice()));
+    match index.resync(id, event_id.saturating_add(1), chains) {
+        Ok(fits) => {
+            metrics::counter!(ROUTER_SNAPSHOTS_APPLIED).increment(1);
+            if !fits {
+                tracing::warn!(
+                    instance,
+                    "KV snapshot larger than the index allows; kept what fits"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(instance, error = %e, "KV snapshot not applied"),
     }
 }
 

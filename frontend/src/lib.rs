@@ -77,7 +77,7 @@ pub async fn serve(
         None => None,
     };
     let kv = Arc::new(KvRouter::new(config.kv_decision_ttl));
-    tasks.spawn(kv.clone().run(registry.changes(), events, stop.clone()));
+    tasks.spawn(kv.clone().run(registry.changes(), config.events.clone(), events, stop.clone()));
 
     let state = Arc::new(AppState { policy, kv, registry, client, config });
     let app = router(state);

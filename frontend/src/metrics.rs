@@ -39,6 +39,8 @@ pub const ROUTER_PREDICTED_BLOCKS: &str = "switchyard_frontend_router_predicted_
 pub const ROUTER_INDEXED_INSTANCES: &str = "switchyard_frontend_router_indexed_instances";
 /// KV events after which an instance's index entry needed a resync (events were lost).
 pub const ROUTER_RESYNC_NEEDED: &str = "switchyard_frontend_router_resync_needed_total";
+pub const ROUTER_SNAPSHOT_REQUESTS: &str = "switchyard_frontend_router_snapshot_requests_total";
+pub const ROUTER_SNAPSHOTS_APPLIED: &str = "switchyard_frontend_router_snapshots_applied_total";
 
 /// Label value for requests whose model is not (yet) known: client-given names never become
 /// label values, so a scan of bogus names cannot grow the series without bound.
@@ -123,6 +125,11 @@ fn describe() {
     metrics::describe_gauge!(ROUTER_PREDICTED_BLOCKS, "Predicted KV blocks of in-flight requests");
     metrics::describe_gauge!(ROUTER_INDEXED_INSTANCES, "Instances in the KV index");
     metrics::describe_counter!(ROUTER_RESYNC_NEEDED, "KV index resyncs needed (events lost)");
+    metrics::describe_counter!(ROUTER_SNAPSHOT_REQUESTS, "KV snapshots asked of workers");
+    metrics::describe_counter!(
+        ROUTER_SNAPSHOTS_APPLIED,
+        "Workers' KV snapshots applied to the index"
+    );
 }
 
 /// The Prometheus text exposition of every metric.

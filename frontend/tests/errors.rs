@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use common::*;
 use serde_json::{Value, json};
-use switchyard_frontend::FrontendConfig;
+use switchyard_frontend::{FrontendConfig, PolicyKind};
 use switchyard_proto::{ErrorKind, FinishReason, Role};
 
 fn ok_worker() -> std::sync::Arc<ScriptedWorker> {
@@ -165,7 +165,13 @@ async fn requests_go_around_unreachable_and_overloaded_instances() -> Result<()>
     let overloaded = ScriptedWorker::new(Script::Reject(ErrorKind::Overloaded));
     let draining = ScriptedWorker::new(Script::Reject(ErrorKind::ShuttingDown));
     let good = ok_worker();
-    let config = FrontendConfig { max_attempts: 4, ..FrontendConfig::default() };
+    // Round-robin puts every instance first in turn; kv would keep the repeated prompt on
+    // the one instance that answered it.
+    let config = FrontendConfig {
+        max_attempts: 4,
+        router_mode: PolicyKind::RoundRobin,
+        ..FrontendConfig::default()
+    };
     let h =
         Harness::start(config, vec![overloaded.clone(), draining.clone(), good.clone()]).await?;
     // An instance whose address has nobody listening.

@@ -175,19 +175,44 @@ fn shared_prefix_hits(policy: &dyn Policy) -> f64 {
     hit as f64 / total as f64
 }
 
-/// A kv policy that weighs prefill heavily: in this simulation load imbalance costs nothing,
-/// so it only shows that the cost follows the cache when told to. (With the default scale
-/// of 1, one request's worth of extra load outweighs a cached 2,048-token prefix.)
+/// A kv policy that follows the cache as hard as it can, with the default hot-spot guard.
 fn cache_following() -> KvPolicy {
-    let config = KvPolicyConfig { prefill_load_scale: 8.0, ..KvPolicyConfig::default() };
-    KvPolicy::new(config).expect("valid")
+    KvPolicy::new(cache_following_config()).expect("valid")
+}
+
+/// Requests each of 4 instances receives of 400 identical prompts, 16 in flight.
+fn identical_prompts_received(policy: &dyn Policy) -> Vec<usize> {
+    let hashes = block_hashes(&(0..1024).collect::<Vec<u32>>(), 16);
+    let mut router = Router::new(4, 16);
+    let mut received = vec![0; 4];
+    for _ in 0..400 {
+        let (chosen, _) = router.route(policy, &hashes);
+        if received[chosen] == 0 {
+            router.worker_stores(chosen, &hashes);
+        }
+        received[chosen] += 1;
+    }
+    received
+}
+
+#[test]
+fn the_hot_spot_guard_is_what_spreads_identical_prompts() {
+    assert_spread(&identical_prompts_received(&cache_following()));
+    // The same cost without the guard piles every request onto the first holder.
+    let unguarded = KvPolicyConfig { balance_ratio: 0.0, ..cache_following_config() };
+    let received = identical_prompts_received(&KvPolicy::new(unguarded).expect("valid"));
+    assert_eq!(received.iter().max(), Some(&400), "{received:?}");
+}
+
+fn cache_following_config() -> KvPolicyConfig {
+    KvPolicyConfig { prefill_load_scale: 64.0, ..KvPolicyConfig::default() }
 }
 
 #[test]
 fn kv_routing_reuses_shared_prefixes_where_round_robin_does_not() {
     // The oracle: each group on one instance misses only its first prompt's system prompt.
     let oracle = (15.0 * 128.0) / (16.0 * 144.0);
-    let kv = shared_prefix_hits(&cache_following());
+    let kv = shared_prefix_hits(&KvPolicy::default());
     let round_robin = shared_prefix_hits(PolicyKind::RoundRobin.build().as_ref());
     assert!(kv >= 0.95 * oracle, "kv {kv:.3} vs oracle {oracle:.3}");
     assert!(kv > 2.0 * round_robin, "kv {kv:.3} vs round-robin {round_robin:.3}");

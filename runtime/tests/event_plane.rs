@@ -19,8 +19,9 @@ use nats_server::NatsServer;
 use switchyard_proto::worker_event::Event;
 use switchyard_proto::{InstanceRecord, KvEvent, KvStored, LoadReport, WorkerEvent, kv_event};
 use switchyard_runtime::events::{
-    EventHub, EventPublisher, EventStream, EventSubscriber, LoadReporting, NatsEventPublisher,
-    NatsEventSubscriber, TcpEventConfig, TcpEventSubscriber, publish_engine_events,
+    EngineEvents, EventHub, EventPublisher, EventStream, EventSubscriber, LoadReporting,
+    NatsEventPublisher, NatsEventSubscriber, TcpEventConfig, TcpEventSubscriber,
+    publish_engine_events,
 };
 use switchyard_runtime::plane::conformance::{Script, TestHandler};
 use switchyard_runtime::plane::nats;
@@ -91,6 +92,22 @@ async fn nats_events_reach_the_subscribers_of_their_namespace_only() {
     let second = next_event(&mut events).await;
     assert_eq!(second.instance_id, "w2");
     assert_eq!(second.event, Some(load(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routers_snapshot_request_reaches_that_worker_only_over_nats() {
+    let nats = NatsServer::start();
+    let client = within("connect", LIMIT, nats::connect(&nats.url())).await.unwrap();
+    let w1 = NatsEventPublisher::new(client.clone(), "ns", "w1").unwrap();
+    let w2 = NatsEventPublisher::new(client.clone(), "ns", "w2").unwrap();
+    let mut asked_w1 = within("listen", LIMIT, w1.snapshot_requests()).await.unwrap();
+    let mut asked_w2 = within("listen", LIMIT, w2.snapshot_requests()).await.unwrap();
+    let router = NatsEventSubscriber::new(client, "ns").unwrap();
+    within("ask", LIMIT, router.request_snapshot("w1")).await.unwrap();
+    within("w1 is asked", LIMIT, asked_w1.next()).await.expect("a request");
+    let w2_asked = tokio::time::timeout(Duration::from_millis(200), asked_w2.next()).await;
+    assert!(w2_asked.is_err(), "w2 was not asked");
+    assert!(router.request_snapshot("not.a.token").await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,15 +297,24 @@ async fn the_pump_publishes_kv_events_and_load_changes() {
         refresh_interval: Duration::from_secs(3600),
     };
     let load_source = Arc::clone(&active);
-    let pump = tokio::spawn(publish_engine_events(
-        Arc::new(hub.clone()),
-        Some(kv_rx),
-        move || {
+    let snapshots = Arc::new(AtomicU32::new(0));
+    let asked = Arc::clone(&snapshots);
+    let source = EngineEvents {
+        kv_events: Some(kv_rx),
+        load: move || {
             Some(LoadReport {
                 active_requests: load_source.load(Ordering::SeqCst),
                 ..LoadReport::default()
             })
         },
+        request_snapshot: move || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            true
+        },
+    };
+    let pump = tokio::spawn(publish_engine_events(
+        Arc::new(hub.clone()),
+        source,
         reporting,
         shutdown.clone(),
     ));
@@ -305,6 +331,14 @@ async fn the_pump_publishes_kv_events_and_load_changes() {
     // An unchanged load is not sent again before the refresh; a changed one is, at once.
     active.store(4, Ordering::SeqCst);
     assert_eq!(recv(&mut received).await.event, Some(load(4)));
+    // A router's snapshot request reaches the engine.
+    hub.request_snapshot();
+    within("the engine is asked for a snapshot", LIMIT, async {
+        while snapshots.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     shutdown.cancel();
     within("the pump stops", LIMIT, pump).await.unwrap();

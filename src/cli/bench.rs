@@ -16,8 +16,10 @@ use switchyard_bench::output::compare;
 use switchyard_bench::output::summary::summary;
 use switchyard_bench::sweep::{Bench, BenchPlan, PointResult, Target};
 use switchyard_bench::topology::{self, TopologySpec};
+use switchyard_router::PolicyKind;
 use tokio_util::sync::CancellationToken;
 
+use super::frontend::KvArgs;
 use super::up::{LocalTopology, UpArgs};
 use super::worker::ServeArgs;
 use crate::env_names as env;
@@ -149,11 +151,21 @@ pub struct BenchArgs {
     /// GPUs behind the server [default: 1; with --topology, one per worker].
     #[arg(long, env = env::BENCH_GPUS)]
     pub gpus: Option<f64>,
+    /// Tokens per KV block of the server, for the workload's prefix-cache hit rate bound
+    /// [default: 16; with --topology, the workers' --block-size].
+    #[arg(long, env = env::BENCH_KV_BLOCK_SIZE)]
+    pub kv_block_size: Option<usize>,
 
     /// Start these local topologies one after another and run the workload on each, e.g.
     /// agg:1,agg:2,agg:4 (N aggregated mocker workers behind one frontend).
     #[arg(long, env = env::BENCH_TOPOLOGY)]
     pub topology: Option<String>,
+    /// Router modes of --topology's frontend, a comma list: each topology runs once per mode,
+    /// labelled e.g. agg:4/kv [default: the frontend's default].
+    #[arg(long, env = env::BENCH_ROUTER_MODE)]
+    pub router_mode: Option<String>,
+    #[command(flatten, next_help_heading = "Frontend of --topology")]
+    pub kv: KvArgs,
     #[command(flatten, next_help_heading = "Workers of --topology")]
     pub serve: ServeArgs,
 }
@@ -185,6 +197,19 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         return Ok(());
     }
     let topologies = args.topology.as_deref().map(topology::parse_list).transpose()?;
+    let router_modes: Vec<Option<PolicyKind>> = match &args.router_mode {
+        None => vec![None],
+        Some(modes) => list(modes, |m| {
+            m.parse::<PolicyKind>()
+                .map(Some)
+                .map_err(|e| switchyard_bench::Error::Config(format!("--router-mode: {e}")))
+        })?,
+    };
+    if args.router_mode.is_some() && topologies.is_none() {
+        anyhow::bail!(
+            "--router-mode chooses the routing of --topology's frontends; give --topology"
+        );
+    }
     let plan = plan(&args, topologies.is_some())?;
     let bench = tokio::task::spawn_blocking(move || Bench::prepare(plan))
         .await
@@ -212,7 +237,12 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         }
         Some(topologies) => {
             for spec in &topologies {
-                results.extend(run_topology(&bench, spec, &args.serve, &shutdown).await?);
+                for &mode in &router_modes {
+                    let frontend = FrontendSetup { router_mode: mode, kv: &args.kv };
+                    results.extend(
+                        run_topology(&bench, spec, frontend, &args.serve, &shutdown).await?,
+                    );
+                }
             }
         }
     }
@@ -229,10 +259,19 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// How the frontend of a topology routes.
+#[derive(Debug, Clone, Copy)]
+struct FrontendSetup<'a> {
+    /// `None`: the frontend's default.
+    router_mode: Option<PolicyKind>,
+    kv: &'a KvArgs,
+}
+
 /// Starts `spec` locally (as `switchyard up` would), runs every sweep point on it, stops it.
 async fn run_topology(
     bench: &Bench,
     spec: &TopologySpec,
+    frontend: FrontendSetup<'_>,
     serve: &ServeArgs,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<PointResult>> {
@@ -247,22 +286,35 @@ async fn run_topology(
     ])
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     up.serve = serve.clone();
+    up.http.kv = frontend.kv.clone();
+    let name = match frontend.router_mode {
+        Some(mode) => {
+            up.http.router_mode = mode;
+            format!("{}/{mode}", spec.name)
+        }
+        None => spec.name.clone(),
+    };
     let listener = up.http.bind().await?;
-    println!("starting topology {} ({} mocker worker(s))", spec.name, spec.workers);
+    println!(
+        "starting topology {name} ({} mocker worker(s), {} routing)",
+        spec.workers, up.http.router_mode
+    );
     let topology = LocalTopology::start(&up, listener, shutdown.clone())
         .await
-        .with_context(|| format!("starting topology {}", spec.name))?;
+        .with_context(|| format!("starting topology {name}"))?;
     let target = Target {
         base_url: topology.url().to_owned(),
-        topology: Some(spec.name.clone()),
+        topology: Some(name.clone()),
         server_info: json!({
-            "topology": spec.name,
+            "topology": name,
+            "router_mode": up.http.router_mode.name(),
             "workers": spec.workers,
             "engine": "mocker",
             "model": serve.served_name(),
             "speedup_ratio": serve.mocker.speedup_ratio,
         }),
         default_gpus: Some(spec.workers as f64),
+        workers: Some(spec.workers),
     };
     let show = |r: &PointResult| print!("{}", summary(&r.info, &r.metrics));
     let results = bench.run_target(&target, shutdown, show).await;
@@ -349,5 +401,10 @@ fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
     plan.report = a.report.clone();
     plan.gpu_cost_per_hour = a.gpu_cost_per_hour;
     plan.gpus = a.gpus;
+    plan.kv_block_size = match (a.kv_block_size, topology) {
+        (Some(size), _) => size,
+        (None, true) => a.serve.mocker.block_size as usize,
+        (None, false) => 16,
+    };
     Ok(plan)
 }

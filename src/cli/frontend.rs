@@ -24,27 +24,13 @@ pub struct HttpArgs {
     #[arg(long, env = env::HTTP_PORT, default_value_t = 8000)]
     pub http_port: u16,
 
-    /// How the frontend picks a worker: round-robin, random, least-loaded, power-of-two or kv
-    /// (prefix-cache aware, from the workers' KV events and load).
-    #[arg(long, env = env::ROUTER_MODE, default_value = "round-robin")]
+    /// How the frontend picks a worker: kv (prefix-cache aware, from the workers' KV events
+    /// and load), round-robin, random, least-loaded or power-of-two.
+    #[arg(long, env = env::ROUTER_MODE, default_value = "kv")]
     pub router_mode: PolicyKind,
 
-    /// kv mode: weight of one prompt block to prefill against one block of running KV.
-    #[arg(long, env = env::KV_PREFILL_LOAD_SCALE, default_value_t = 1.0)]
-    pub kv_prefill_load_scale: f64,
-
-    /// kv mode: cost of each queued or running request on a worker, in blocks.
-    #[arg(long, env = env::KV_ACTIVE_REQUEST_WEIGHT, default_value_t = 1.0)]
-    pub kv_active_request_weight: f64,
-
-    /// kv mode: softmax temperature over normalized costs; 0 picks the cheapest.
-    #[arg(long, env = env::KV_TEMPERATURE, default_value_t = 0.0)]
-    pub kv_temperature: f64,
-
-    /// How long a routing decision stands in for the KV events of a worker that sends none,
-    /// in seconds.
-    #[arg(long, env = env::KV_DECISION_TTL_SECS, default_value_t = 120)]
-    pub kv_decision_ttl_secs: u64,
+    #[command(flatten)]
+    pub kv: KvArgs,
 
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = 16 * 1024 * 1024)]
@@ -55,18 +41,50 @@ pub struct HttpArgs {
     pub request_timeout_secs: u64,
 }
 
+/// The knobs of the `kv` router mode (shared by the frontend and the bench's topologies).
+#[derive(Debug, Clone, Args)]
+pub struct KvArgs {
+    /// kv mode: weight of one prompt block to prefill against one block of running KV.
+    #[arg(long, env = env::KV_PREFILL_LOAD_SCALE, default_value_t = 16.0)]
+    pub kv_prefill_load_scale: f64,
+
+    /// kv mode: cost of each queued or running request on a worker, in blocks.
+    #[arg(long, env = env::KV_ACTIVE_REQUEST_WEIGHT, default_value_t = 1.0)]
+    pub kv_active_request_weight: f64,
+
+    /// kv mode: softmax temperature over normalized costs; 0 picks the cheapest.
+    #[arg(long, env = env::KV_TEMPERATURE, default_value_t = 0.0)]
+    pub kv_temperature: f64,
+
+    /// kv mode, hot-spot guard: pass over a worker that would hold more than this many times
+    /// the mean requests per worker (plus --kv-balance-slack); 0 turns the guard off.
+    #[arg(long, env = env::KV_BALANCE_RATIO, default_value_t = 1.25)]
+    pub kv_balance_ratio: f64,
+
+    /// kv mode, hot-spot guard: requests a worker may hold above the ratio × the mean.
+    #[arg(long, env = env::KV_BALANCE_SLACK, default_value_t = 2.0)]
+    pub kv_balance_slack: f64,
+
+    /// How long a routing decision stands in for the KV events of a worker that sends none,
+    /// in seconds.
+    #[arg(long, env = env::KV_DECISION_TTL_SECS, default_value_t = 120)]
+    pub kv_decision_ttl_secs: u64,
+}
+
 impl HttpArgs {
     pub fn config(&self) -> FrontendConfig {
         FrontendConfig {
             router_mode: self.router_mode,
             policy: PolicyConfig {
                 kv: KvPolicyConfig {
-                    prefill_load_scale: self.kv_prefill_load_scale,
-                    active_request_weight: self.kv_active_request_weight,
-                    temperature: self.kv_temperature,
+                    prefill_load_scale: self.kv.kv_prefill_load_scale,
+                    active_request_weight: self.kv.kv_active_request_weight,
+                    temperature: self.kv.kv_temperature,
+                    balance_ratio: self.kv.kv_balance_ratio,
+                    balance_slack: self.kv.kv_balance_slack,
                 },
             },
-            kv_decision_ttl: Duration::from_secs(self.kv_decision_ttl_secs),
+            kv_decision_ttl: Duration::from_secs(self.kv.kv_decision_ttl_secs),
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             ..FrontendConfig::default()

@@ -169,7 +169,7 @@ pub async fn bind(
             let events = NatsEventPublisher::new(client.clone(), namespace, instance_id)?;
             PlaneListener::Nats {
                 listener: Box::new(NatsListener::bind(client, subject).await?),
-                events,
+                events: Box::new(events),
             }
         }
     })

@@ -38,4 +38,10 @@ pub trait Engine: Send + Sync + 'static {
     fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
         None
     }
+
+    /// Asks for a `KvSnapshot` event (every cached block) in the `kv_events` sequence, for a
+    /// router that lost track; false when the engine cannot give one.
+    fn request_kv_snapshot(&self) -> bool {
+        false
+    }
 }

@@ -11,7 +11,8 @@ use switchyard_proto::{
     ErrorKind, FinishReason, GenerateChunk, GenerateRequest, InstanceRecord, Role, WorkerError,
 };
 use switchyard_runtime::events::{
-    EventHub, EventPublisher, LoadReporting, NatsEventPublisher, publish_engine_events,
+    EngineEvents, EventHub, EventPublisher, LoadReporting, NatsEventPublisher,
+    publish_engine_events,
 };
 use switchyard_runtime::plane::nats::{self, NatsListener, NatsServerConfig};
 use switchyard_runtime::plane::tcp::{self, TcpServerConfig};
@@ -61,7 +62,7 @@ pub enum PlaneListener {
     /// A TCP listener for the gRPC request plane.
     Tcp(TcpListener),
     /// Subscriptions on the instance's NATS subject, and where its events go.
-    Nats { listener: Box<NatsListener>, events: NatsEventPublisher },
+    Nats { listener: Box<NatsListener>, events: Box<NatsEventPublisher> },
 }
 
 impl PlaneListener {
@@ -105,7 +106,7 @@ impl PlaneListener {
             PlaneListener::Nats { listener, events } => {
                 let server =
                     nats::serve_listener(*listener, handler, stop, NatsServerConfig::default());
-                (Box::pin(server), Arc::new(events))
+                (Box::pin(server), Arc::new(*events))
             }
         }
     }
@@ -144,12 +145,15 @@ pub async fn serve(
     let server = tokio::spawn(server);
     // KV events and load reports go out from before registration until the server stops.
     let events_stop = plane_stop.child_token();
-    let engine = handler.engine.clone();
-    let kv_events = engine.kv_events();
+    let (engine, snapshots) = (handler.engine.clone(), handler.engine.clone());
+    let source = EngineEvents {
+        kv_events: engine.kv_events(),
+        load: move || engine.load(),
+        request_snapshot: move || snapshots.request_kv_snapshot(),
+    };
     let events = tokio::spawn(publish_engine_events(
         publisher,
-        kv_events,
-        move || engine.load(),
+        source,
         LoadReporting::default(),
         events_stop.clone(),
     ));

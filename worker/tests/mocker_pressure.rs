@@ -84,6 +84,10 @@ impl Replayed {
                 }
             }
             Some(kv_event::Data::Cleared(_)) => self.hashes.clear(),
+            Some(kv_event::Data::Snapshot(s)) => {
+                self.hashes =
+                    s.chains.iter().flat_map(|c| c.block_hashes.iter().copied()).collect();
+            }
             None => panic!("an event without data"),
         }
         self.largest = self.largest.max(self.hashes.len());
@@ -179,6 +183,21 @@ async fn random_traffic(num_gpu_blocks: usize, specs: Vec<Spec>) {
         while let Ok(event) = events.try_recv() {
             view.apply(event);
         }
+    }
+
+    // A snapshot, asked for now, says what the events said, in the same id sequence.
+    assert!(engine.request_kv_snapshot());
+    loop {
+        let event = events.recv().await.expect("a snapshot event");
+        assert_eq!(event.event_id, view.next_id, "the snapshot takes its place in the sequence");
+        if let Some(kv_event::Data::Snapshot(snapshot)) = &event.data {
+            let snapshot: HashSet<u64> =
+                snapshot.chains.iter().flat_map(|c| c.block_hashes.iter().copied()).collect();
+            assert_eq!(snapshot, view.hashes);
+            break;
+        }
+        // Events of the last probe still on their way.
+        view.apply(event);
     }
 }
 

@@ -178,6 +178,12 @@ impl HttpClient {
         path: &str,
         limit: Duration,
     ) -> Result<serde_json::Value, Error> {
+        let bytes = self.get(path, limit).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Server(format!("GET {path}: {e}")))
+    }
+
+    /// `GET path`'s body, within `limit`; any status but 200 is an error.
+    pub(crate) async fn get(&self, path: &str, limit: Duration) -> Result<Bytes, Error> {
         let uri = self.uri(path)?;
         let fetch = async {
             let mut sender = self.connect().await.map_err(|f| f.message)?;
@@ -192,7 +198,7 @@ impl HttpClient {
             if status != StatusCode::OK {
                 return Err(format!("{status}"));
             }
-            serde_json::from_slice(&bytes.to_bytes()).map_err(|e| e.to_string())
+            Ok(bytes.to_bytes())
         };
         match tokio::time::timeout(limit, fetch).await {
             Ok(result) => result.map_err(|e| Error::Server(format!("GET {path}: {e}"))),

@@ -104,6 +104,8 @@ pub(crate) fn on_json(
     if let Some(usage) = chunk.usage {
         record.usage_completion_tokens = usage.completion_tokens.or(record.usage_completion_tokens);
         record.usage_prompt_tokens = usage.prompt_tokens.or(record.usage_prompt_tokens);
+        let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+        record.usage_cached_tokens = cached.or(record.usage_cached_tokens);
     }
     let Some(choice) = chunk.choices.0 else {
         return Ok(());
@@ -139,6 +141,13 @@ struct Chunk<'a> {
 struct Usage {
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    cached_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -241,13 +250,14 @@ mod tests {
         on_sse_line(hi, chat, ms(2), &mut r).unwrap();
         on_sse_line(br#"data:{"choices":[{"delta":{"content":"!"}}]}"#, chat, ms(3), &mut r)
             .unwrap();
-        let usage = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#;
+        let usage = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}"#;
         on_sse_line(usage, chat, ms(4), &mut r).unwrap();
         assert_eq!(on_sse_line(b"data: [DONE]", chat, ms(5), &mut r).unwrap(), Line::Done);
         assert_eq!(on_sse_line(b": keep-alive", chat, ms(5), &mut r).unwrap(), Line::More);
         assert_eq!(r.text, "Hi \"x\"!");
         assert_eq!(r.chunk_times, [ms(2), ms(3)]);
         assert_eq!((r.usage_prompt_tokens, r.usage_completion_tokens), (Some(9), Some(2)));
+        assert_eq!(r.usage_cached_tokens, Some(8));
 
         let mut r = RequestRecord::default();
         let line = br#"data: {"choices":[{"text":"ab","index":0},{"text":"zz"}],"usage":null}"#;

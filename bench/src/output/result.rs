@@ -157,6 +157,11 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
         l.push(&format!("median_{name}"), d.median);
         l.push(&format!("p99_{name}"), d.p99);
     }
+    l.push("cached_tokens_server", opt(m.total_cached_server));
+    l.push("prefix_cache_hit_rate", opt(m.prefix_cache_hit_rate));
+    l.push("prefix_cache_hit_rate_bound", opt(m.prefix_cache_hit_rate_bound));
+    l.push("requests_per_instance", json!(m.instance_requests));
+    l.push("instance_requests_max_over_mean", opt(m.instance_requests_max_over_mean));
     l.push("client_cpu_ms", opt(m.client_cpu.map(|c| c.as_secs_f64() * 1000.0)));
     l.push("client_cpu_ms_per_request", opt(m.client_cpu_ms_per_request()));
     if let Some(c) = &m.cost {

@@ -71,6 +71,18 @@ pub fn summary(info: &RunInfo, m: &RunMetrics) -> String {
     row2(&mut o, "Median E2E Latency (ms):", m.e2e_from_scheduled.median);
     row2(&mut o, "P99 E2E Latency (ms):", m.e2e_from_scheduled.p99);
     row2(&mut o, "Mean send lag (ms):", m.send_lag.mean);
+    if m.prefix_cache_hit_rate.is_some() || m.instance_requests.is_some() {
+        section(&mut o, "Prefix Cache and Routing");
+        if let Some(rate) = m.prefix_cache_hit_rate {
+            row(&mut o, "Prefix cache hit rate:", format!("{rate:.4}"));
+        }
+        if let Some(bound) = m.prefix_cache_hit_rate_bound {
+            row(&mut o, "Hit rate bound of the workload:", format!("{bound:.4}"));
+        }
+        if let Some(spread) = m.instance_requests_max_over_mean {
+            row(&mut o, "Busiest worker / mean requests:", format!("{spread:.2}"));
+        }
+    }
     if m.failed > 0 {
         section(&mut o, "Errors");
         row(&mut o, "Failed requests:", m.failed);

@@ -190,6 +190,28 @@ pub fn card(model: &str) -> ModelCard {
     }
 }
 
+/// The frontend's task.
+pub type FrontendTask = tokio::task::JoinHandle<Result<(), switchyard_frontend::Error>>;
+
+/// Serves a frontend with `config` over the TCP request plane on a free port; its base URL.
+pub async fn start_frontend(
+    config: FrontendConfig,
+    discovery: &Discovery,
+    shutdown: &CancellationToken,
+) -> Result<(String, FrontendTask)> {
+    let listener = within(TcpListener::bind("127.0.0.1:0")).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let client = Arc::new(TcpClient::new(TcpClientConfig::default()));
+    let frontend = tokio::spawn(switchyard_frontend::serve(
+        listener,
+        config,
+        discovery.clone(),
+        client,
+        shutdown.clone(),
+    ));
+    Ok((base, frontend))
+}
+
 impl Harness {
     /// A frontend over `workers` (all serving [`MODEL`]).
     pub async fn start(
@@ -213,16 +235,7 @@ impl Harness {
             .await?;
             harness_registrations.lock().unwrap().push(registration);
         }
-        let listener = within(TcpListener::bind("127.0.0.1:0")).await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let client = Arc::new(TcpClient::new(TcpClientConfig::default()));
-        let frontend = tokio::spawn(switchyard_frontend::serve(
-            listener,
-            config,
-            discovery.clone(),
-            client,
-            shutdown.clone(),
-        ));
+        let (base, frontend) = start_frontend(config, &discovery, &shutdown).await?;
         let http = reqwest::Client::builder().timeout(WAIT).build()?;
         Ok(Harness {
             base,

@@ -106,6 +106,12 @@ impl KvIndex {
         self.by_name.get(name).copied()
     }
 
+    /// The event id the index expects next from instance `id` (`None` before its first event
+    /// or for an unknown handle).
+    pub fn next_event_id(&self, id: InstanceId) -> Option<u64> {
+        self.slot(id).ok()?.next_event_id
+    }
+
     /// The instance id string behind a handle.
     pub fn instance_name(&self, id: InstanceId) -> Option<&str> {
         self.slot(id).ok()?.name.as_deref()

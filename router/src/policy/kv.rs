@@ -20,11 +20,25 @@ pub struct KvPolicyConfig {
     /// probability ∝ exp(−normalized cost / temperature), costs normalized to 0..1 over the
     /// candidates, which spreads near-equal choices.
     pub temperature: f64,
+    /// The hot-spot guard: an instance is passed over while it would hold more than
+    /// `balance_ratio` × the mean requests per instance + `balance_slack` (unless every
+    /// instance would). Cache affinity then never piles one prompt onto one worker, however
+    /// much its cached prefix saves. 0 turns the guard off; otherwise at least 1.
+    pub balance_ratio: f64,
+    /// Requests an instance may hold above `balance_ratio` × the mean, so that light load
+    /// (a few requests in all) still follows the cache.
+    pub balance_slack: f64,
 }
 
 impl Default for KvPolicyConfig {
     fn default() -> Self {
-        KvPolicyConfig { prefill_load_scale: 1.0, active_request_weight: 1.0, temperature: 0.0 }
+        KvPolicyConfig {
+            prefill_load_scale: 16.0,
+            active_request_weight: 1.0,
+            temperature: 0.0,
+            balance_ratio: 1.25,
+            balance_slack: 2.0,
+        }
     }
 }
 
@@ -34,6 +48,8 @@ impl KvPolicyConfig {
             ("prefill_load_scale", self.prefill_load_scale),
             ("active_request_weight", self.active_request_weight),
             ("temperature", self.temperature),
+            ("balance_ratio", self.balance_ratio),
+            ("balance_slack", self.balance_slack),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(Error::InvalidConfig {
@@ -42,12 +58,22 @@ impl KvPolicyConfig {
                 });
             }
         }
+        if self.balance_ratio > 0.0 && self.balance_ratio < 1.0 {
+            return Err(Error::InvalidConfig {
+                setting: "balance_ratio",
+                reason: format!(
+                    "{} would pass over every instance at an even spread; use 0 (off) or ≥ 1",
+                    self.balance_ratio
+                ),
+            });
+        }
         Ok(())
     }
 }
 
-/// Lowest cost wins, where cost = prefill_load_scale × (prompt blocks − overlap blocks)
-/// + active decode blocks + active_request_weight × requests.
+/// Lowest cost wins, among the instances the hot-spot guard (`balance_ratio`) leaves in,
+/// where cost = prefill_load_scale × (prompt blocks − overlap blocks) + active decode blocks
+/// + active_request_weight × requests.
 #[derive(Debug, Default)]
 pub struct KvPolicy {
     config: KvPolicyConfig,
@@ -68,29 +94,61 @@ impl KvPolicy {
             + self.config.active_request_weight * f64::from(candidate.requests())
     }
 
-    /// A draw from the softmax over normalized costs. Costs are recomputed on each pass,
-    /// which is cheaper than allocating a buffer for them.
+    /// Most requests an instance may hold with this one added, under the hot-spot guard
+    /// (`None`: no limit).
+    fn request_cap(&self, candidates: &[Candidate<'_>]) -> Option<f64> {
+        if self.config.balance_ratio == 0.0 || candidates.is_empty() {
+            return None;
+        }
+        let total: f64 = candidates.iter().map(|c| f64::from(c.requests())).sum();
+        let mean = (total + 1.0) / candidates.len() as f64;
+        let cap = self.config.balance_ratio * mean + self.config.balance_slack;
+        // With every instance over the cap, the guard has nothing to choose between.
+        candidates.iter().any(|c| f64::from(c.requests()) + 1.0 <= cap).then_some(cap)
+    }
+
+    /// Each candidate's cost, infinite for those the hot-spot guard passes over.
+    fn costs<'c>(
+        &'c self,
+        candidates: &'c [Candidate<'_>],
+        prompt_blocks: usize,
+    ) -> impl Iterator<Item = f64> + Clone + 'c {
+        let cap = self.request_cap(candidates);
+        candidates.iter().map(move |c| match cap {
+            Some(cap) if f64::from(c.requests()) + 1.0 > cap => f64::INFINITY,
+            _ => self.cost(c, prompt_blocks),
+        })
+    }
+
+    /// A draw from the softmax over normalized costs (instances the guard passes over have
+    /// weight 0). Costs are recomputed on each pass, cheaper than a buffer for them.
     fn sample(&self, candidates: &[Candidate<'_>], prompt_blocks: usize) -> Option<usize> {
-        let costs = || candidates.iter().map(|c| self.cost(c, prompt_blocks));
-        let (min, max) =
-            costs().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| (lo.min(c), hi.max(c)));
-        let mut rng = rand::rng();
+        let costs = self.costs(candidates, prompt_blocks);
+        let (min, max) = costs
+            .clone()
+            .filter(|c| c.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| (lo.min(c), hi.max(c)));
         let range = max - min;
         if !(range > 0.0 && range.is_finite()) {
-            return (!candidates.is_empty()).then(|| rng.random_range(0..candidates.len()));
+            // All eligible costs are equal: the cheapest, ties at random.
+            return argmin_random_tie(costs);
         }
         let scale = 1.0 / (range * self.config.temperature);
         let weight = |cost: f64| (-(cost - min) * scale).exp();
-        let total: f64 = costs().map(weight).sum();
-        let mut left = rng.random::<f64>() * total;
-        for (i, cost) in costs().enumerate() {
+        let total: f64 = costs.clone().map(weight).sum();
+        let mut left = rand::rng().random::<f64>() * total;
+        let mut last = None;
+        for (i, cost) in costs.enumerate() {
+            if cost.is_finite() {
+                last = Some(i);
+            }
             left -= weight(cost);
             if left <= 0.0 {
                 return Some(i);
             }
         }
         // Rounding can leave a sliver past the last weight: that draw belongs to the last.
-        Some(candidates.len() - 1)
+        last
     }
 }
 
@@ -100,6 +158,6 @@ impl Policy for KvPolicy {
         if self.config.temperature > 0.0 {
             return self.sample(candidates, prompt_blocks);
         }
-        argmin_random_tie(candidates.iter().map(|c| self.cost(c, prompt_blocks)))
+        argmin_random_tie(self.costs(candidates, prompt_blocks))
     }
 }

@@ -74,12 +74,12 @@ pub trait Policy: Send + Sync + fmt::Debug {
 /// The policies a router can be started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PolicyKind {
-    #[default]
     RoundRobin,
     Random,
     LeastLoaded,
     PowerOfTwo,
     /// Prefix-cache aware: see [`KvPolicy`].
+    #[default]
     Kv,
 }
 

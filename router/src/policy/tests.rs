@@ -58,6 +58,8 @@ fn bad_kv_settings_are_refused() {
             PolicyConfig { kv: KvPolicyConfig { temperature: bad, ..KvPolicyConfig::default() } };
         let err = PolicyKind::Kv.build_with(&config).expect_err("invalid");
         assert!(err.to_string().contains("temperature"), "{err}");
+        let half = KvPolicyConfig { balance_ratio: 0.5, ..KvPolicyConfig::default() };
+        assert!(PolicyConfig { kv: half }.validate().is_err());
     }
     assert!(PolicyKind::Kv.build_with(&PolicyConfig::default()).is_ok());
 }
@@ -92,10 +94,37 @@ fn kv_follows_the_cache_while_the_holder_has_room_and_leaves_it_when_overloaded(
     ];
     let policy = KvPolicy::default();
     assert_eq!(policy.select(&view, &request), Some(1));
-    // Busy with as much KV as prefilling the whole prompt elsewhere would cost, and more.
-    view[1].active_decode_blocks = 20;
+    // Busy with more KV than prefilling the whole prompt elsewhere would cost (16 × 8).
+    view[1].active_decode_blocks = 200;
     view[1].in_flight = 2;
     assert_ne!(policy.select(&view, &request), Some(1));
+}
+
+#[test]
+fn the_hot_spot_guard_passes_over_a_holder_far_above_the_mean() {
+    let hashes = [1, 2, 3, 4, 5, 6, 7, 8];
+    let request = RequestInfo::new(&hashes, 8 * 16);
+    let mut view = [
+        Candidate::new("cold", 1),
+        Candidate { overlap_blocks: 8, ..Candidate::new("warm", 3) },
+        Candidate::new("cold2", 1),
+    ];
+    let policy = KvPolicy::default();
+    // With this one, 6 requests in all: the cap is 1.25 × 6/3 + 2 = 4.5, and warm would hold 4.
+    assert_eq!(policy.select(&view, &request), Some(1));
+    // 8 in all: the cap is 1.25 × 8/3 + 2 ≈ 5.3, and warm would hold 6.
+    view[1].in_flight = 5;
+    for _ in 0..100 {
+        assert_ne!(policy.select(&view, &request), Some(1));
+    }
+    // Off, the cost alone decides.
+    let off = KvPolicyConfig { balance_ratio: 0.0, ..KvPolicyConfig::default() };
+    assert_eq!(KvPolicy::new(off).expect("valid").select(&view, &request), Some(1));
+    // Sampling honours the guard too.
+    let sampled = KvPolicyConfig { temperature: 0.5, ..KvPolicyConfig::default() };
+    for _ in 0..100 {
+        assert_ne!(KvPolicy::new(sampled).expect("valid").select(&view, &request), Some(1));
+    }
 }
 
 #[test]
@@ -103,7 +132,7 @@ fn kv_cost_counts_prefill_decode_and_requests() {
     let policy = KvPolicy::new(KvPolicyConfig {
         prefill_load_scale: 2.0,
         active_request_weight: 0.5,
-        temperature: 0.0,
+        ..KvPolicyConfig::default()
     })
     .expect("valid");
     let candidate = Candidate {

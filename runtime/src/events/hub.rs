@@ -7,12 +7,12 @@ use async_trait::async_trait;
 use futures::{Stream, stream};
 use switchyard_proto::WorkerEvent;
 use switchyard_proto::worker_event::Event;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::EventPublisher;
+use super::{EventPublisher, SnapshotRequests};
 use crate::Result;
 
 /// Events a slow `Events` stream may fall behind by; past that it skips ahead, and the router
@@ -25,6 +25,9 @@ pub const DEFAULT_HUB_CAPACITY: usize = 16_384;
 pub struct EventHub {
     instance_id: Arc<str>,
     tx: broadcast::Sender<WorkerEvent>,
+    /// Set by an `Events` call that asks for a snapshot; taken by the worker's pump. Requests
+    /// made before the pump takes one collapse into one snapshot.
+    snapshot: Arc<Notify>,
 }
 
 impl EventHub {
@@ -34,7 +37,12 @@ impl EventHub {
 
     pub fn with_capacity(instance_id: impl Into<String>, capacity: usize) -> EventHub {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventHub { instance_id: Arc::from(instance_id.into()), tx }
+        EventHub { instance_id: Arc::from(instance_id.into()), tx, snapshot: Arc::default() }
+    }
+
+    /// Asks the worker for a KV snapshot (see [`EventPublisher::snapshot_requests`]).
+    pub fn request_snapshot(&self) {
+        self.snapshot.notify_one();
     }
 
     /// A receiver of the events published from now on.
@@ -82,5 +90,13 @@ impl EventPublisher for EventHub {
         // No receiver means no router is connected: the event is simply not needed.
         let _ = self.tx.send(event);
         Ok(())
+    }
+
+    async fn snapshot_requests(&self) -> Result<SnapshotRequests> {
+        let requests = stream::unfold(self.snapshot.clone(), |notify| async move {
+            notify.notified().await;
+            Some(((), notify))
+        });
+        Ok(Box::pin(requests))
     }
 }

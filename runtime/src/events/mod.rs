@@ -31,13 +31,16 @@ use crate::Result;
 
 pub use hub::EventHub;
 pub use nats::{NatsEventPublisher, NatsEventSubscriber};
-pub use pump::{LoadReporting, publish_engine_events};
+pub use pump::{EngineEvents, LoadReporting, publish_engine_events};
 pub use tcp::{TcpEventConfig, TcpEventSubscriber};
 
 /// Events of the workers of one namespace, each stamped with its worker's instance id. It ends
 /// when its source stops (NATS client closed, discovery watch stopped); dropping it stops the
 /// work behind it.
 pub type EventStream = Pin<Box<dyn Stream<Item = WorkerEvent> + Send>>;
+
+/// Routers' requests for a worker's KV snapshot; each item is one request.
+pub type SnapshotRequests = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 /// A worker's side: publishes that worker's events.
 #[async_trait]
@@ -48,6 +51,10 @@ pub trait EventPublisher: Send + Sync + 'static {
     /// Publishes one event. Best effort: with no router listening it is dropped; an error means
     /// the transport could not take it (e.g. NATS away for longer than a publish may wait).
     async fn publish(&self, event: Event) -> Result<()>;
+
+    /// Routers' requests for a KV snapshot of this worker, from now on; the worker answers
+    /// each by publishing one (see [`publish_engine_events`]).
+    async fn snapshot_requests(&self) -> Result<SnapshotRequests>;
 }
 
 /// A router's side: the events of every worker of a namespace.
@@ -56,4 +63,8 @@ pub trait EventSubscriber: Send + Sync + 'static {
     /// Events from now on (those published before are not replayed). Once this returns, the
     /// subscription is in place for workers already known.
     async fn subscribe(&self) -> Result<EventStream>;
+
+    /// Asks worker `instance_id` for a snapshot of its cached KV blocks, which arrives on the
+    /// event streams as a `KvSnapshot` event. Best effort, like the events themselves.
+    async fn request_snapshot(&self, instance_id: &str) -> Result<()>;
 }

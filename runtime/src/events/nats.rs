@@ -10,7 +10,7 @@ use switchyard_proto::WorkerEvent;
 use switchyard_proto::worker_event::Event;
 use tracing::warn;
 
-use super::{EventPublisher, EventStream, EventSubscriber};
+use super::{EventPublisher, EventStream, EventSubscriber, SnapshotRequests};
 use crate::plane::nats::{PUBLISH_TIMEOUT, check_token, sync_with_server};
 use crate::{Error, Result};
 
@@ -19,6 +19,13 @@ pub fn events_subject(namespace: &str, instance_id: &str) -> Result<String> {
     check_token("namespace", namespace)?;
     check_token("instance id", instance_id)?;
     Ok(format!("switchyard.{namespace}.events.{instance_id}"))
+}
+
+/// The subject on which routers ask a worker for a KV snapshot.
+pub fn snapshot_request_subject(namespace: &str, instance_id: &str) -> Result<String> {
+    check_token("namespace", namespace)?;
+    check_token("instance id", instance_id)?;
+    Ok(format!("switchyard.{namespace}.kv_snapshot.{instance_id}"))
 }
 
 /// The subject that matches the events of every worker of `namespace`.
@@ -32,13 +39,20 @@ pub fn namespace_events_subject(namespace: &str) -> Result<String> {
 pub struct NatsEventPublisher {
     client: Client,
     subject: Subject,
+    snapshot_subject: Subject,
     instance_id: String,
 }
 
 impl NatsEventPublisher {
     pub fn new(client: Client, namespace: &str, instance_id: &str) -> Result<NatsEventPublisher> {
         let subject = Subject::from(events_subject(namespace, instance_id)?);
-        Ok(NatsEventPublisher { client, subject, instance_id: instance_id.to_owned() })
+        let snapshot_subject = Subject::from(snapshot_request_subject(namespace, instance_id)?);
+        Ok(NatsEventPublisher {
+            client,
+            subject,
+            snapshot_subject,
+            instance_id: instance_id.to_owned(),
+        })
     }
 }
 
@@ -64,36 +78,57 @@ impl EventPublisher for NatsEventPublisher {
             Err(_) => Err(Error::Timeout { what: "NATS event publish", after: PUBLISH_TIMEOUT }),
         }
     }
+
+    async fn snapshot_requests(&self) -> Result<SnapshotRequests> {
+        let requests = subscribe(&self.client, self.snapshot_subject.to_string()).await?;
+        Ok(Box::pin(requests.map(|_| ())))
+    }
+}
+
+/// Subscribes to `subject`, in place on the server when this returns.
+async fn subscribe(client: &Client, subject: String) -> Result<async_nats::Subscriber> {
+    let subscribed = client.subscribe(subject.clone());
+    let subscriber = match tokio::time::timeout(PUBLISH_TIMEOUT, subscribed).await {
+        Ok(Ok(subscriber)) => subscriber,
+        Ok(Err(e)) => {
+            return Err(Error::Transport(format!("cannot subscribe to {subject}: {e}")));
+        }
+        Err(_) => return Err(Error::Timeout { what: "NATS subscribe", after: PUBLISH_TIMEOUT }),
+    };
+    sync_with_server(client).await?;
+    Ok(subscriber)
 }
 
 /// Reads the events of every worker of a namespace from one wildcard subscription.
 #[derive(Debug, Clone)]
 pub struct NatsEventSubscriber {
     client: Client,
+    namespace: String,
     subject: String,
 }
 
 impl NatsEventSubscriber {
     pub fn new(client: Client, namespace: &str) -> Result<NatsEventSubscriber> {
-        Ok(NatsEventSubscriber { client, subject: namespace_events_subject(namespace)? })
+        let subject = namespace_events_subject(namespace)?;
+        Ok(NatsEventSubscriber { client, namespace: namespace.to_owned(), subject })
     }
 }
 
 #[async_trait]
 impl EventSubscriber for NatsEventSubscriber {
+    async fn request_snapshot(&self, instance_id: &str) -> Result<()> {
+        let subject = snapshot_request_subject(&self.namespace, instance_id)?;
+        let published = self.client.publish(subject.clone(), Bytes::new());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, published).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Transport(format!("cannot publish to {subject}: {e}"))),
+            Err(_) => Err(Error::Timeout { what: "NATS snapshot request", after: PUBLISH_TIMEOUT }),
+        }
+    }
+
     async fn subscribe(&self) -> Result<EventStream> {
-        let subscribed = self.client.subscribe(self.subject.clone());
-        let subscriber = match tokio::time::timeout(PUBLISH_TIMEOUT, subscribed).await {
-            Ok(Ok(subscriber)) => subscriber,
-            Ok(Err(e)) => {
-                return Err(Error::Transport(format!("cannot subscribe to {}: {e}", self.subject)));
-            }
-            Err(_) => {
-                return Err(Error::Timeout { what: "NATS subscribe", after: PUBLISH_TIMEOUT });
-            }
-        };
         // Events published once this returns are delivered.
-        sync_with_server(&self.client).await?;
+        let subscriber = subscribe(&self.client, self.subject.clone()).await?;
         let events = subscriber.filter_map(|message| async move {
             match WorkerEvent::decode(message.payload) {
                 Ok(mut event) => {

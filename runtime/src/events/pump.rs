@@ -12,7 +12,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::EventPublisher;
+use futures::StreamExt;
+
+use super::{EventPublisher, SnapshotRequests};
 
 /// How load reports are sent.
 #[derive(Debug, Clone)]
@@ -33,16 +35,42 @@ impl Default for LoadReporting {
     }
 }
 
-/// Publishes every KV event from `kv_events` (when the engine has them) and the load read from
-/// `load` (when it returns one) through `publisher`, until `shutdown`. A publish failure is
-/// logged once per outage and the pump goes on: lost KV events show as a gap in `event_id`.
-pub async fn publish_engine_events(
+/// What the pump reads from the engine.
+pub struct EngineEvents<L, S> {
+    /// The engine's KV events, when it has them.
+    pub kv_events: Option<broadcast::Receiver<KvEvent>>,
+    /// The engine's load, when it can tell.
+    pub load: L,
+    /// Asks the engine to put a KV snapshot in `kv_events`; false when it cannot.
+    pub request_snapshot: S,
+}
+
+/// Publishes every KV event the engine has and its load through `publisher`, and passes
+/// routers' snapshot requests on to the engine, until `shutdown`. A publish failure is logged
+/// once per outage and the pump goes on: lost KV events show as a gap in `event_id`, and the
+/// router that sees it asks for a snapshot.
+pub async fn publish_engine_events<L, S>(
     publisher: Arc<dyn EventPublisher>,
-    mut kv_events: Option<broadcast::Receiver<KvEvent>>,
-    load: impl Fn() -> Option<LoadReport> + Send,
+    engine: EngineEvents<L, S>,
     reporting: LoadReporting,
     shutdown: CancellationToken,
-) {
+) where
+    L: Fn() -> Option<LoadReport> + Send,
+    S: Fn() -> bool + Send,
+{
+    let EngineEvents { mut kv_events, load, request_snapshot } = engine;
+    let mut snapshot_requests = if kv_events.is_some() {
+        match publisher.snapshot_requests().await {
+            Ok(requests) => Some(requests),
+            Err(e) => {
+                warn!(instance = publisher.instance_id(), error = %e,
+                    "cannot take routers' KV snapshot requests; they will wait for new events");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut poll = tokio::time::interval(reporting.poll_interval.max(Duration::from_millis(1)));
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_load: Option<(LoadReport, Instant)> = None;
@@ -50,6 +78,12 @@ pub async fn publish_engine_events(
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => return,
+            Some(()) = next_request(&mut snapshot_requests) => {
+                if !request_snapshot() {
+                    snapshot_requests = None;
+                }
+                continue;
+            }
             received = next_kv(&mut kv_events) => match received {
                 Ok(event) => Event::Kv(event),
                 Err(RecvError::Lagged(missed)) => {
@@ -86,6 +120,14 @@ pub async fn publish_engine_events(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// The next snapshot request, or never when there is no source; `None` when it ended.
+async fn next_request(requests: &mut Option<SnapshotRequests>) -> Option<()> {
+    match requests {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 

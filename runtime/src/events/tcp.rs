@@ -3,14 +3,14 @@
 //! broken one while its instance is still listed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use switchyard_proto::worker_client::WorkerClient;
 use switchyard_proto::{EventsRequest, InstanceRecord, WorkerEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,15 @@ pub struct TcpEventSubscriber {
     config: TcpEventConfig,
     /// One follower task per subscription; each owns the streams of its instances.
     tasks: TaskTracker,
+    resyncs: Resyncs,
+}
+
+/// Per instance id, what makes its streams reopen with a snapshot.
+type Resyncs = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+fn resync_signal(resyncs: &Resyncs, instance_id: &str) -> Arc<Notify> {
+    let mut map = resyncs.lock().unwrap_or_else(PoisonError::into_inner);
+    map.entry(instance_id.to_owned()).or_default().clone()
 }
 
 impl std::fmt::Debug for TcpEventSubscriber {
@@ -75,7 +84,12 @@ impl TcpEventSubscriber {
         instances: watch::Receiver<Arc<Instances>>,
         config: TcpEventConfig,
     ) -> TcpEventSubscriber {
-        TcpEventSubscriber { instances, config, tasks: TaskTracker::new() }
+        TcpEventSubscriber {
+            instances,
+            config,
+            tasks: TaskTracker::new(),
+            resyncs: Resyncs::default(),
+        }
     }
 }
 
@@ -90,6 +104,7 @@ impl EventSubscriber for TcpEventSubscriber {
             events: tx,
             followed: HashMap::new(),
             streams: JoinSet::new(),
+            resyncs: self.resyncs.clone(),
         };
         self.tasks.spawn(follower.run(stop.clone()));
         // Dropping the stream stops the follower, which aborts every stream it opened.
@@ -99,6 +114,12 @@ impl EventSubscriber for TcpEventSubscriber {
             event
         });
         Ok(Box::pin(events))
+    }
+
+    /// Reopens the instance's streams: every `Events` call asks for a snapshot first.
+    async fn request_snapshot(&self, instance_id: &str) -> Result<()> {
+        resync_signal(&self.resyncs, instance_id).notify_one();
+        Ok(())
     }
 }
 
@@ -110,6 +131,7 @@ struct Follower {
     /// Instance id → (address, stop token) of its stream task.
     followed: HashMap<String, (String, CancellationToken)>,
     streams: JoinSet<()>,
+    resyncs: Resyncs,
 }
 
 impl Follower {
@@ -144,10 +166,12 @@ impl Follower {
             .filter(|record| record.transport == TCP_TRANSPORT)
             .map(|record| (record.instance_id.as_str(), record))
             .collect();
+        let resyncs = &self.resyncs;
         self.followed.retain(|id, (address, token)| {
             let keep = listed.get(id.as_str()).is_some_and(|record| record.address == *address);
             if !keep {
                 token.cancel();
+                resyncs.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
             }
             keep
         });
@@ -162,6 +186,7 @@ impl Follower {
                 address: record.address.clone(),
                 config: self.config.clone(),
                 events: self.events.clone(),
+                resync: resync_signal(&self.resyncs, id),
             };
             self.streams.spawn(stream.run(token));
         }
@@ -174,6 +199,8 @@ struct InstanceStream {
     address: String,
     config: TcpEventConfig,
     events: mpsc::Sender<WorkerEvent>,
+    /// Fires when a router asks for this instance's snapshot: the stream is reopened.
+    resync: Arc<Notify>,
 }
 
 /// How one attempt at an instance's stream ended.
@@ -182,6 +209,8 @@ enum Ended {
     Stopped,
     /// The stream was open and then ended: reopen soon.
     WasOpen,
+    /// A snapshot was asked for: reopen at once.
+    Resync,
     /// The stream could not be opened.
     Failed(Error),
 }
@@ -193,6 +222,11 @@ impl InstanceStream {
         loop {
             match self.attempt(&stop).await {
                 Ended::Stopped => return,
+                Ended::Resync => {
+                    failures = 0;
+                    delay = self.config.retry_min;
+                    continue;
+                }
                 Ended::WasOpen => {
                     delay = self.config.retry_min;
                     failures = 0;
@@ -231,6 +265,7 @@ impl InstanceStream {
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return Ended::Stopped,
+                () = self.resync.notified() => return Ended::Resync,
                 message = stream.message() => message,
             };
             match message {
@@ -277,7 +312,7 @@ impl InstanceStream {
             Err(_) => return Err(connect_error(format!("no connection within {limit:?}"))),
         };
         let mut client = WorkerClient::new(channel);
-        match tokio::time::timeout(limit, client.events(EventsRequest {})).await {
+        match tokio::time::timeout(limit, client.events(EventsRequest { snapshot: true })).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) if status.code() == Code::Unimplemented => Err(Error::Transport(
                 format!("the worker publishes no events: {}", status.message()),

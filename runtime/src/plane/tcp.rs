@@ -186,12 +186,17 @@ impl Worker for WorkerService {
 
     async fn events(
         &self,
-        _request: Request<EventsRequest>,
+        request: Request<EventsRequest>,
     ) -> Result<Response<EventWireStream>, Status> {
         let Some(hub) = &self.events else {
             return Err(Status::unimplemented("this worker publishes no events"));
         };
-        Ok(Response::new(Box::pin(hub.stream(self.shutdown.clone()).map(Ok))))
+        // Subscribed first, so the snapshot the request asks for is on this stream.
+        let events = hub.stream(self.shutdown.clone());
+        if request.into_inner().snapshot {
+            hub.request_snapshot();
+        }
+        Ok(Response::new(Box::pin(events.map(Ok))))
     }
 }
 

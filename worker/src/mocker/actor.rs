@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use switchyard_proto::{ErrorKind, KvEvent, LoadReport};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,8 @@ pub(crate) struct Actor {
     pub speedup_ratio: f64,
     pub commands: mpsc::UnboundedReceiver<Sequence>,
     pub events: broadcast::Sender<KvEvent>,
+    /// Fires when a router asked for a snapshot of the cache.
+    pub snapshot: Arc<Notify>,
     pub load: watch::Sender<LoadReport>,
     /// Preemptions since start, for [`super::MockerEngine::preemptions`].
     pub preemptions: Arc<AtomicU64>,
@@ -86,6 +88,7 @@ impl Actor {
                 Some(id) = cancels.next(), if !cancels.is_empty() => {
                     self.scheduler.cancel(id);
                 }
+                () = self.snapshot.notified() => self.scheduler.snapshot_kv(),
                 command = self.commands.recv() => {
                     let Some(seq) = command else {
                         // The engine was dropped.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use switchyard_proto::{KvCleared, KvRemoved, KvStored, kv_event};
+use switchyard_proto::{KvCleared, KvRemoved, KvSnapshot, KvStored, kv_event};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::lru::LruList;
@@ -23,6 +23,8 @@ pub(crate) fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
 struct BlockMeta {
     /// Set while the block is registered in `by_hash` (full, computed, first of its hash).
     hash: Option<u64>,
+    /// The hash of the block before it in the sequence that registered it.
+    parent: Option<u64>,
     /// Sequences holding the block.
     refs: u32,
 }
@@ -196,9 +198,11 @@ impl KvCache {
             let fresh =
                 self.blocks[id as usize].hash.is_none() && !self.by_hash.contains_key(&hash);
             if fresh {
-                self.blocks[id as usize].hash = Some(hash);
-                self.by_hash.insert(hash, id);
                 let parent = i.checked_sub(1).map(|p| hashes[p]);
+                let meta = &mut self.blocks[id as usize];
+                meta.hash = Some(hash);
+                meta.parent = parent;
+                self.by_hash.insert(hash, id);
                 run.get_or_insert_with(|| (parent, Vec::new())).1.push(hash);
             } else if let Some(stored) = run.take() {
                 self.push_stored(stored);
@@ -218,6 +222,40 @@ impl KvCache {
             self.free.push(id);
         }
         self.events.push(kv_event::Data::Cleared(KvCleared {}));
+    }
+
+    /// Queues a [`KvSnapshot`] of every cached block after the events already queued, for a
+    /// router that lost track. Chains run from blocks whose parent is not cached (or that
+    /// have none) down single-child runs, so a parent always comes before its children.
+    pub(crate) fn snapshot(&mut self) {
+        let mut children: HashMap<Option<u64>, Vec<u64>> = HashMap::new();
+        for (&hash, &id) in &self.by_hash {
+            let parent = self.blocks[id as usize].parent.filter(|p| self.by_hash.contains_key(p));
+            children.entry(parent).or_default().push(hash);
+        }
+        let mut chains = Vec::new();
+        // (parent, first block) of the chains still to write.
+        let mut pending: Vec<(Option<u64>, u64)> = children
+            .remove(&None)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|hash| (None, hash))
+            .collect();
+        while let Some((parent_hash, first)) = pending.pop() {
+            let mut block_hashes = vec![first];
+            let mut last = first;
+            while let Some(mut next) = children.remove(&Some(last)) {
+                if next.len() == 1 {
+                    last = next[0];
+                    block_hashes.push(last);
+                } else {
+                    pending.extend(next.drain(..).map(|hash| (Some(last), hash)));
+                    break;
+                }
+            }
+            chains.push(KvStored { parent_hash, block_hashes });
+        }
+        self.events.push(kv_event::Data::Snapshot(KvSnapshot { chains }));
     }
 
     /// Takes the events produced since the last call, oldest first.

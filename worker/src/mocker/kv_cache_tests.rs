@@ -44,6 +44,14 @@ fn replay(cache: &mut KvCache, index: &mut HashSet<u64>) {
                 }
             }
             kv_event::Data::Cleared(_) => index.clear(),
+            kv_event::Data::Snapshot(snapshot) => {
+                index.clear();
+                for chain in snapshot.chains {
+                    for h in chain.block_hashes {
+                        assert!(index.insert(h), "in the snapshot twice: {h}");
+                    }
+                }
+            }
         }
     }
 }
@@ -222,5 +230,22 @@ proptest! {
             prop_assert!(index.len() <= blocks as usize);
             prop_assert_eq!(&index, &cache.cached_hashes());
         }
+        // A snapshot rebuilds the same set, each chain after the chain holding its parent.
+        cache.snapshot();
+        let events: Vec<_> = cache.drain_events().collect();
+        prop_assert_eq!(events.len(), 1);
+        let Some(kv_event::Data::Snapshot(snapshot)) = events.into_iter().next() else {
+            panic!("not a snapshot");
+        };
+        let mut seen = HashSet::new();
+        for chain in snapshot.chains {
+            if let Some(parent) = chain.parent_hash {
+                prop_assert!(seen.contains(&parent), "a chain before its parent");
+            }
+            for h in chain.block_hashes {
+                prop_assert!(seen.insert(h), "in the snapshot twice: {}", h);
+            }
+        }
+        prop_assert_eq!(&seen, &cache.cached_hashes());
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use switchyard_proto::{GenerateRequest, KvEvent, LoadReport, ModelCard};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,6 +52,7 @@ pub struct MockerEngine {
     commands: mpsc::UnboundedSender<Sequence>,
     next_id: AtomicU64,
     events: broadcast::Sender<KvEvent>,
+    snapshot: Arc<Notify>,
     load: watch::Receiver<LoadReport>,
     preemptions: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -79,11 +80,13 @@ impl MockerEngine {
         let scheduler = Scheduler::new(config.clone());
         let (load_tx, load) = watch::channel(scheduler.load());
         let preemptions = Arc::new(AtomicU64::new(0));
+        let snapshot = Arc::new(Notify::new());
         let actor = Actor {
             scheduler,
             speedup_ratio: config.speedup_ratio,
             commands: commands_rx,
             events: events.clone(),
+            snapshot: snapshot.clone(),
             load: load_tx,
             preemptions: preemptions.clone(),
             shutdown: shutdown.clone(),
@@ -97,6 +100,7 @@ impl MockerEngine {
             commands,
             next_id: AtomicU64::new(0),
             events,
+            snapshot,
             load,
             preemptions,
             shutdown,
@@ -157,5 +161,11 @@ impl Engine for MockerEngine {
 
     fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
         Some(self.events.subscribe())
+    }
+
+    fn request_kv_snapshot(&self) -> bool {
+        // Requests that arrive before the actor takes the first collapse into one snapshot.
+        self.snapshot.notify_one();
+        true
     }
 }

@@ -326,6 +326,11 @@ impl Scheduler {
         }
     }
 
+    /// Queues a snapshot of the cache after the events already queued.
+    pub(crate) fn snapshot_kv(&mut self) {
+        self.cache.snapshot();
+    }
+
     pub(crate) fn drain_events(&mut self) -> std::vec::Drain<'_, kv_event::Data> {
         self.cache.drain_events()
     }
