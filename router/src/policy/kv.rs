@@ -97,14 +97,17 @@ impl KvPolicy {
     /// Most requests an instance may hold with this one added, under the hot-spot guard
     /// (`None`: no limit).
     fn request_cap(&self, candidates: &[Candidate<'_>]) -> Option<f64> {
-        if self.config.balance_ratio == 0.0 || candidates.is_empty() {
+        if self.config.balance_ratio == 0.0 {
             return None;
         }
-        let total: f64 = candidates.iter().map(|c| f64::from(c.requests())).sum();
+        let (total, least) = candidates.iter().fold((0.0, f64::INFINITY), |(total, least), c| {
+            let requests = f64::from(c.requests());
+            (total + requests, least.min(requests))
+        });
         let mean = (total + 1.0) / candidates.len() as f64;
         let cap = self.config.balance_ratio * mean + self.config.balance_slack;
         // With every instance over the cap, the guard has nothing to choose between.
-        candidates.iter().any(|c| f64::from(c.requests()) + 1.0 <= cap).then_some(cap)
+        (least + 1.0 <= cap).then_some(cap)
     }
 
     /// Each candidate's cost, infinite for those the hot-spot guard passes over.
