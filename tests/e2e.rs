@@ -34,6 +34,7 @@ on_every_topology!(
     a_killed_worker_leaves_within_its_lease_and_requests_keep_succeeding,
     sigterm_deregisters_at_once_and_drains_in_flight_requests,
     bad_requests_get_openai_errors_with_the_right_status,
+    kv_keeps_a_prefix_on_its_worker_while_it_has_room_and_spreads_it_when_busy,
 );
 
 use std::time::{Duration, Instant};
@@ -125,6 +126,54 @@ async fn chat_and_completions_stream_and_not_with_usage_that_adds_up(mode: Mode)
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["object"], "text_completion");
+}
+
+/// How many requests each instance took between two readings of the frontend's metrics.
+fn requests_between(before: &str, after: &str) -> Vec<f64> {
+    let before = instance_requests(before);
+    let mut moved: Vec<f64> = instance_requests(after)
+        .iter()
+        .map(|(instance, n)| n - before.get(instance).copied().unwrap_or(0.0))
+        .collect();
+    moved.sort_by(f64::total_cmp);
+    moved
+}
+
+async fn kv_keeps_a_prefix_on_its_worker_while_it_has_room_and_spreads_it_when_busy(mode: Mode) {
+    // The default router mode is kv.
+    let t = Topology::start_on(mode, &[MODEL, MODEL], &[]).await;
+    let prefix =
+        "Every request of this test shares this system prompt, many blocks long. ".repeat(12);
+    let completion = |question: &str, max_tokens: u32| json!({"model": MODEL, "prompt": format!("{prefix}{question}"), "max_tokens": max_tokens});
+
+    // One at a time: every request after the first goes where the prefix is cached, and
+    // the worker says it found it there.
+    let before = t.metrics().await;
+    for i in 0..6 {
+        let (status, body) = t.post("/v1/completions", &completion(&format!("Q{i}?"), 2)).await;
+        assert_eq!(status, 200, "{body}");
+        let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        if i > 0 {
+            assert!(cached >= token_count(&prefix) / 16 * 16 - 16, "request {i}: {body}");
+        }
+        // The worker's KV event for this prompt reaches the frontend before the next one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(requests_between(&before, &t.metrics().await), [0.0, 6.0]);
+
+    // Twelve at once, long enough to overlap: the holder fills up, and the rest go to the
+    // other worker instead of piling on.
+    let before = t.metrics().await;
+    let requests = (0..12).map(|i| {
+        let body = completion(&format!("Busy {i}?"), 100);
+        let t = &t;
+        async move { t.post("/v1/completions", &body).await }
+    });
+    for (status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let moved = requests_between(&before, &t.metrics().await);
+    assert!(moved[0] > 0.0 && moved.iter().sum::<f64>() == 12.0, "{moved:?}");
 }
 
 async fn round_robin_uses_both_workers(mode: Mode) {
