@@ -27,12 +27,12 @@ use crate::metrics::{
     ROUTER_DECISION_TIME, ROUTER_INDEXED_INSTANCES, ROUTER_OVERLAP_BLOCKS, ROUTER_PREDICTED_BLOCKS,
     ROUTER_RESYNC_NEEDED, ROUTER_SNAPSHOT_REQUESTS, ROUTER_SNAPSHOTS_APPLIED,
 };
+use crate::models::{ModelEntry, ModelTable};
 
 /// Least time between two snapshot requests to one instance.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait to send a snapshot request.
 const SNAPSHOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-use crate::models::{ModelEntry, ModelTable};
 
 /// The KV indexes and load of every model's instances.
 #[derive(Debug)]
@@ -114,22 +114,8 @@ impl KvRouter {
                 }
                 event = next_event(&mut events) => match event {
                     Some(event) => {
-                        let Some(instance) = self.apply(event) else { continue };
-                        let Some(subscriber) = &subscriber else { continue };
-                        if asked.get(&instance).is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY) {
-                            continue;
-                        }
-                        asked.retain(|_, at| at.elapsed() < SNAPSHOT_RETRY);
-                        asked.insert(instance.clone(), Instant::now());
-                        let request = subscriber.request_snapshot(&instance);
-                        match tokio::time::timeout(SNAPSHOT_REQUEST_TIMEOUT, request).await {
-                            Ok(Ok(())) => {
-                                metrics::counter!(ROUTER_SNAPSHOT_REQUESTS).increment(1);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::warn!(instance, error = %e, "cannot ask for a KV snapshot");
-                            }
-                            Err(_) => tracing::warn!(instance, "asking for a KV snapshot timed out"),
+                        if let (Some(instance), Some(subscriber)) = (self.apply(event), &subscriber) {
+                            ask_for_snapshot(subscriber.as_ref(), &mut asked, &instance).await;
                         }
                     }
                     None => {
@@ -199,10 +185,6 @@ impl KvRouter {
                     return None;
                 };
                 let id = index.add_instance(&instance);
-                if let Some(kv_event::Data::Snapshot(snapshot)) = &kv.data {
-                    resync(index, id, &instance, kv.event_id, snapshot);
-                    return None;
-                }
                 let change = match &kv.data {
                     Some(kv_event::Data::Stored(stored)) => KvChange::Stored {
                         parent: stored.parent_hash,
@@ -212,7 +194,11 @@ impl KvRouter {
                         KvChange::Removed { blocks: &removed.block_hashes }
                     }
                     Some(kv_event::Data::Cleared(_)) => KvChange::Cleared,
-                    Some(kv_event::Data::Snapshot(_)) | None => return None,
+                    Some(kv_event::Data::Snapshot(snapshot)) => {
+                        resync(index, id, &instance, kv.event_id, snapshot);
+                        return None;
+                    }
+                    None => return None,
                 };
                 match index.apply(id, &KvEvent { event_id: kv.event_id, change }) {
                     // A snapshot would not fit either: the index keeps what fits.
@@ -302,6 +288,27 @@ impl KvRouter {
         metrics::histogram!(ROUTER_OVERLAP_BLOCKS).record(f64::from(overlap));
         metrics::histogram!(ROUTER_DECISION_TIME).record(started.elapsed().as_secs_f64());
         Some((position, Reservation { router: self.clone(), instance, blocks }))
+    }
+}
+
+/// Asks `instance` for a KV snapshot, unless it was asked within [`SNAPSHOT_RETRY`]
+/// (`asked`: when each instance was last asked).
+async fn ask_for_snapshot(
+    subscriber: &dyn EventSubscriber,
+    asked: &mut HashMap<String, Instant>,
+    instance: &str,
+) {
+    if asked.get(instance).is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY) {
+        return;
+    }
+    asked.retain(|_, at| at.elapsed() < SNAPSHOT_RETRY);
+    asked.insert(instance.to_owned(), Instant::now());
+    match tokio::time::timeout(SNAPSHOT_REQUEST_TIMEOUT, subscriber.request_snapshot(instance))
+        .await
+    {
+        Ok(Ok(())) => metrics::counter!(ROUTER_SNAPSHOT_REQUESTS).increment(1),
+        Ok(Err(e)) => tracing::warn!(instance, error = %e, "cannot ask for a KV snapshot"),
+        Err(_) => tracing::warn!(instance, "asking for a KV snapshot timed out"),
     }
 }
 

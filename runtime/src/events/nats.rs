@@ -65,23 +65,27 @@ impl EventPublisher for NatsEventPublisher {
     async fn publish(&self, event: Event) -> Result<()> {
         let event = WorkerEvent { instance_id: self.instance_id.clone(), event: Some(event) };
         let payload = Bytes::from(event.encode_to_vec());
-        // While NATS is away, publishes queue up in the client until it is full; bounded here
-        // so a publisher is never stuck for the length of an outage.
-        match tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            self.client.publish(self.subject.clone(), payload),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Transport(format!("cannot publish to {}: {e}", self.subject))),
-            Err(_) => Err(Error::Timeout { what: "NATS event publish", after: PUBLISH_TIMEOUT }),
-        }
+        publish(&self.client, self.subject.clone(), payload, "NATS event publish").await
     }
 
     async fn snapshot_requests(&self) -> Result<SnapshotRequests> {
         let requests = subscribe(&self.client, self.snapshot_subject.to_string()).await?;
         Ok(Box::pin(requests.map(|_| ())))
+    }
+}
+
+/// Publishes `payload` on `subject`. While NATS is away, publishes queue up in the client until
+/// it is full; bounded here so a caller is never stuck for the length of an outage.
+async fn publish(
+    client: &Client,
+    subject: Subject,
+    payload: Bytes,
+    what: &'static str,
+) -> Result<()> {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject.clone(), payload)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Transport(format!("cannot publish to {subject}: {e}"))),
+        Err(_) => Err(Error::Timeout { what, after: PUBLISH_TIMEOUT }),
     }
 }
 
@@ -117,13 +121,8 @@ impl NatsEventSubscriber {
 #[async_trait]
 impl EventSubscriber for NatsEventSubscriber {
     async fn request_snapshot(&self, instance_id: &str) -> Result<()> {
-        let subject = snapshot_request_subject(&self.namespace, instance_id)?;
-        let published = self.client.publish(subject.clone(), Bytes::new());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, published).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Transport(format!("cannot publish to {subject}: {e}"))),
-            Err(_) => Err(Error::Timeout { what: "NATS snapshot request", after: PUBLISH_TIMEOUT }),
-        }
+        let subject = Subject::from(snapshot_request_subject(&self.namespace, instance_id)?);
+        publish(&self.client, subject, Bytes::new(), "NATS snapshot request").await
     }
 
     async fn subscribe(&self) -> Result<EventStream> {

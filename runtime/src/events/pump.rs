@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use switchyard_proto::worker_event::Event;
 use switchyard_proto::{KvEvent, LoadReport};
 use tokio::sync::broadcast;
@@ -11,8 +12,6 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use futures::StreamExt;
 
 use super::{EventPublisher, SnapshotRequests};
 

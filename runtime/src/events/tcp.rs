@@ -116,9 +116,13 @@ impl EventSubscriber for TcpEventSubscriber {
         Ok(Box::pin(events))
     }
 
-    /// Reopens the instance's streams: every `Events` call asks for a snapshot first.
+    /// Reopens the instance's stream: every `Events` call asks for a snapshot first. An
+    /// instance with no stream yet gets its snapshot when the stream opens.
     async fn request_snapshot(&self, instance_id: &str) -> Result<()> {
-        resync_signal(&self.resyncs, instance_id).notify_one();
+        let resyncs = self.resyncs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(signal) = resyncs.get(instance_id) {
+            signal.notify_one();
+        }
         Ok(())
     }
 }
