@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -76,10 +77,18 @@ impl Discovery {
         let (lease_tx, lease_rx) = watch::channel(lease);
         let cancel = shutdown.child_token();
         let tasks = TaskTracker::new();
-        let keeper = KeepAlive { store: self.store.clone(), key, value, ttl, lease: lease_tx };
+        let held = Arc::new(AtomicBool::new(true));
+        let keeper = KeepAlive {
+            store: self.store.clone(),
+            key,
+            value,
+            ttl,
+            lease: lease_tx,
+            held: held.clone(),
+        };
         tasks.spawn(keeper.run(cancel.clone()));
         tasks.close();
-        Ok(Registration { store: self.store.clone(), lease: lease_rx, cancel, tasks })
+        Ok(Registration { store: self.store.clone(), lease: lease_rx, held, cancel, tasks })
     }
 
     /// Starts following the live instances of this namespace. The first snapshot is loaded
@@ -114,6 +123,9 @@ async fn publish(store: &dyn KvStore, key: &str, value: &[u8], ttl: Duration) ->
 pub struct Registration {
     store: Arc<dyn KvStore>,
     lease: watch::Receiver<LeaseId>,
+    /// Whether the last keep-alive (or re-registration) succeeded: false while the store is
+    /// out of reach, when routers may already have dropped the record.
+    held: Arc<AtomicBool>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -125,6 +137,12 @@ impl std::fmt::Debug for dyn KvStore {
 }
 
 impl Registration {
+    /// A flag that reads true while the record is known to be in the store (its lease kept
+    /// alive on the last try), for health checks.
+    pub fn lease_held(&self) -> Arc<AtomicBool> {
+        self.held.clone()
+    }
+
     /// Stops the keep-alive and revokes the lease, so routers drop the instance now rather
     /// than when the lease would expire.
     pub async fn deregister(self) -> Result<()> {
@@ -147,6 +165,7 @@ struct KeepAlive {
     value: Vec<u8>,
     ttl: Duration,
     lease: watch::Sender<LeaseId>,
+    held: Arc<AtomicBool>,
 }
 
 impl KeepAlive {
@@ -160,19 +179,28 @@ impl KeepAlive {
                 _ = tick.tick() => {}
             }
             let lease = *self.lease.borrow();
-            match with_timeout("lease keep-alive", self.store.keep_alive(lease)).await {
-                Ok(()) => {}
+            let held = match with_timeout("lease keep-alive", self.store.keep_alive(lease)).await {
+                Ok(()) => true,
                 Err(Error::LeaseExpired(_)) => {
                     warn!(key = %self.key, "lease lost; registering again");
                     match publish(self.store.as_ref(), &self.key, &self.value, self.ttl).await {
                         Ok(new) => {
                             self.lease.send_replace(new);
+                            info!(key = %self.key, "registered again");
+                            true
                         }
-                        Err(e) => warn!(key = %self.key, error = %e, "re-registration failed"),
+                        Err(e) => {
+                            warn!(key = %self.key, error = %e, "re-registration failed");
+                            false
+                        }
                     }
                 }
-                Err(e) => warn!(key = %self.key, error = %e, "keep-alive failed; retrying"),
-            }
+                Err(e) => {
+                    warn!(key = %self.key, error = %e, "keep-alive failed; retrying");
+                    false
+                }
+            };
+            self.held.store(held, Ordering::Relaxed);
         }
     }
 }

@@ -12,7 +12,7 @@ use switchyard_runtime::events::NatsEventPublisher;
 use switchyard_runtime::plane::nats::{NatsListener, generate_subject};
 use switchyard_worker::mocker::{MockerConfig, MockerEngine};
 use switchyard_worker::service::new_instance_id;
-use switchyard_worker::{Engine, PlaneListener, WorkerConfig};
+use switchyard_worker::{Engine, PlaneListener, WorkerConfig, WorkerStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,11 @@ pub struct WorkerArgs {
     #[arg(long, env = env::ADVERTISE_HOST)]
     pub advertise_host: Option<String>,
 
+    /// Port of the worker's status server on --host: `/live`, `/health` (200 while registered
+    /// and serving) and `/metrics` (Prometheus); 0 turns it off.
+    #[arg(long, env = env::METRICS_PORT, default_value_t = 0)]
+    pub metrics_port: u16,
+
     /// Instance id [default: generated].
     #[arg(long, env = env::INSTANCE_ID)]
     pub instance_id: Option<String>,
@@ -140,13 +145,52 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     let instance_id = args.instance_id.clone().unwrap_or_else(new_instance_id);
     let listener =
         bind(&args.plane, &args.host, args.port, discovery.namespace(), &instance_id).await?;
+    let status = match args.metrics_port {
+        0 => None,
+        port => Some(StatusServer::start(&args.host, port).await?),
+    };
     let config = WorkerConfig {
         instance_id: Some(instance_id),
         advertise_host: args.advertise_host.clone(),
         lease_ttl: args.store.lease_ttl()?,
+        status: status.as_ref().map(|s| s.status.clone()),
         ..WorkerConfig::default()
     };
-    serve(listener, &args.serve, config, discovery, shutdown).await
+    let served = serve(listener, &args.serve, config, discovery, shutdown).await;
+    if let Some(status) = status {
+        status.stop().await;
+    }
+    served
+}
+
+/// The status port's server task, kept up until the worker has drained (its `/health`
+/// says so meanwhile).
+struct StatusServer {
+    status: Arc<WorkerStatus>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl StatusServer {
+    async fn start(host: &str, port: u16) -> anyhow::Result<StatusServer> {
+        let listener = TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("binding the status port to {host}:{port}"))?;
+        let (status, stop) = (WorkerStatus::new(), CancellationToken::new());
+        let task =
+            tokio::spawn(switchyard_worker::serve_status(listener, status.clone(), stop.clone()));
+        Ok(StatusServer { status, stop, task })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "status server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "status server task failed"),
+            Err(_) => tracing::warn!("status server did not stop within 5 s"),
+        }
+    }
 }
 
 /// Binds where the worker takes requests: a TCP port, or its NATS subject.

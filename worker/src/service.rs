@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::{Engine, Error, Result};
+use crate::{Engine, Error, Result, WorkerStatus};
 
 /// How a worker presents itself and how long it waits on the way out.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// Longest wait for in-flight requests to finish on shutdown; they are cancelled after.
     pub drain_timeout: Duration,
+    /// Told when the worker serves and when it drains, for its status port.
+    pub status: Option<Arc<WorkerStatus>>,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +49,7 @@ impl Default for WorkerConfig {
             role: Role::Aggregated,
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
+            status: None,
         }
     }
 }
@@ -168,9 +171,16 @@ pub async fn serve(
         model = %record.card.as_ref().map(|c| c.model.as_str()).unwrap_or_default(),
         "worker serving"
     );
+    if let Some(status) = &config.status {
+        let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
+        status.serving(&record.instance_id, registration.lease_held(), engine, in_flight);
+    }
 
     shutdown.cancelled().await;
     info!(instance = %record.instance_id, "shutting down: deregistering, then draining");
+    if let Some(status) = &config.status {
+        status.draining();
+    }
     if let Err(e) = registration.deregister().await {
         warn!(error = %e, "deregistration failed; the record expires with its lease");
     }
