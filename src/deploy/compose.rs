@@ -61,6 +61,7 @@ fn header(out: &mut String, d: &Deployment) {
          # Variables (defaults): SWITCHYARD_IMAGE (switchyard:local), SWITCHYARD_PUBLISH_HOST\n\
          # (0.0.0.0), SWITCHYARD_HTTP_PORT (8000), SWITCHYARD_LEASE_TTL_SECS (10),\n\
          # SWITCHYARD_GPU_RUNTIME (runc; nvidia makes NVIDIA_VISIBLE_DEVICES pin the GPUs),\n\
+         # SWITCHYARD_ULIMIT_MEMLOCK (-1: unlimited, for engines that pin memory),\n\
          # HF_TOKEN, ETCD_IMAGE and NATS_IMAGE (the official images).\n\n",
     );
 }
@@ -112,7 +113,9 @@ fn worker_service(out: &mut String, d: &Deployment, worker: &super::WorkerServic
         let _ = writeln!(out, "      - store:{STORE_DIR}");
     }
     let _ = writeln!(out, "      - hf-cache:{HF_HOME}");
-    out.push_str("    ipc: host\n    ulimits:\n      memlock: -1\n      stack: 67108864\n");
+    out.push_str(
+        "    ipc: host\n    ulimits:\n      memlock: ${SWITCHYARD_ULIMIT_MEMLOCK:--1}\n      stack: 67108864\n",
+    );
     if worker.gpus.is_some() {
         out.push_str("    runtime: \"${SWITCHYARD_GPU_RUNTIME:-runc}\"\n");
     }

@@ -1,6 +1,8 @@
 //! The checked-in deployment files are the renderer's output, and every variable they set
 //! is one the binary (or the engine, or the container runtime) reads, with a value it takes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -88,10 +90,11 @@ fn cli_variables() -> BTreeMap<String, Vec<(String, String)>> {
 }
 
 /// `(service command, variable, value)` of every variable a file sets (compose defaults
-/// stand in for `${VAR:-default}`).
+/// stand in for `${VAR:-default}`); the command is numbered by service (`2 worker`).
 fn settings(text: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut command = String::new();
+    let mut services = 0;
     let mut in_env = false;
     let mut pending_name: Option<String> = None;
     for line in text.lines() {
@@ -99,7 +102,8 @@ fn settings(text: &str) -> Vec<(String, String, String)> {
         if let Some(c) =
             trimmed.strip_prefix("command: [\"").or_else(|| trimmed.strip_prefix("args: ["))
         {
-            command = c.trim_end_matches(['"', ']']).to_owned();
+            services += 1;
+            command = format!("{services} {}", c.trim_end_matches(['"', ']']));
         }
         if trimmed == "environment:" || trimmed == "env:" {
             in_env = true;
@@ -147,7 +151,8 @@ fn every_variable_set_is_read_and_every_value_parses() {
         assert!(set.iter().any(|(_, n, _)| n == "SWITCHYARD_STORE"), "{}: {set:?}", path.display());
         // Each Switchyard service's variables, as flags of its subcommand.
         let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (command, name, value) in &set {
+        for (service, name, value) in &set {
+            let command = service.split_once(' ').map_or(service.as_str(), |(_, c)| c);
             if let Some(readers) = cli.get(name) {
                 let Some((_, long)) =
                     readers.iter().find(|(p, _)| p.is_empty() || p == &format!(" {command}"))
@@ -156,7 +161,7 @@ fn every_variable_set_is_read_and_every_value_parses() {
                 };
                 if !value.is_empty() {
                     flags
-                        .entry(command.clone())
+                        .entry(service.clone())
                         .or_default()
                         .extend([format!("--{long}"), value.clone()]);
                 }
@@ -170,8 +175,10 @@ fn every_variable_set_is_read_and_every_value_parses() {
                 );
             }
         }
-        for (command, args) in flags {
-            let argv = ["switchyard".to_owned(), command.clone()].into_iter().chain(args.clone());
+        for (service, args) in flags {
+            let command = service.split_once(' ').map_or(service.as_str(), |(_, c)| c);
+            let argv =
+                ["switchyard".to_owned(), command.to_owned()].into_iter().chain(args.clone());
             if let Err(e) = Cli::try_parse_from(argv) {
                 panic!("{}: `switchyard {command} {}`: {e}", path.display(), args.join(" "));
             }

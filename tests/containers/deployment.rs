@@ -133,11 +133,13 @@ impl Deployment {
             ("SWITCHYARD_LEASE_TTL_SECS", LEASE_TTL.as_secs().to_string()),
             ("SWITCHYARD_MOCKER_SPEEDUP_RATIO", "20".to_owned()),
             ("SWITCHYARD_DRAIN_TIMEOUT_SECS", "5".to_owned()),
+            // Where the engine may not raise it to unlimited (the engine's own limit here).
+            ("SWITCHYARD_ULIMIT_MEMLOCK", "65536".to_owned()),
             // Requests spread evenly, so a worker that is back is seen taking its share.
             ("SWITCHYARD_ROUTER_MODE", "round-robin".to_owned()),
         ];
         let file = repo_root().join("deploy/compose").join(format!("{name}.yaml"));
-        let mut deployment = Deployment {
+        let deployment = Deployment {
             project,
             file,
             env,

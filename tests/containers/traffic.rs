@@ -22,6 +22,8 @@ pub struct Traffic {
 pub struct Tally {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    /// The slowest request so far, in milliseconds.
+    pub slowest_ms: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -30,6 +32,7 @@ pub struct Tally {
 pub struct Counts {
     pub ok: u64,
     pub failed: u64,
+    pub slowest: Duration,
 }
 
 impl Traffic {
@@ -43,7 +46,11 @@ impl Traffic {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        match chat(&url, &format!("loop {i} request {n}")).await {
+                        let sent = Instant::now();
+                        let outcome = chat(&url, &format!("loop {i} request {n}")).await;
+                        let took = u64::try_from(sent.elapsed().as_millis()).unwrap();
+                        tally.slowest_ms.fetch_max(took, Ordering::Relaxed);
+                        match outcome {
                             Ok(()) => tally.ok.fetch_add(1, Ordering::Relaxed),
                             Err(e) => {
                                 tally.first_error.lock().unwrap().get_or_insert(e);
@@ -58,10 +65,7 @@ impl Traffic {
     }
 
     pub fn counts(&self) -> Counts {
-        Counts {
-            ok: self.tally.ok.load(Ordering::Relaxed),
-            failed: self.tally.failed.load(Ordering::Relaxed),
-        }
+        counts(&self.tally)
     }
 
     /// Stops the loops (each finishes its request, bounded by [`REQUEST_LIMIT`]).
@@ -74,7 +78,15 @@ impl Traffic {
                 .unwrap();
         }
         let error = self.tally.first_error.lock().unwrap().clone();
-        (self.counts(), error)
+        (counts(&self.tally), error)
+    }
+}
+
+fn counts(t: &Tally) -> Counts {
+    Counts {
+        ok: t.ok.load(Ordering::Relaxed),
+        failed: t.failed.load(Ordering::Relaxed),
+        slowest: Duration::from_millis(t.slowest_ms.load(Ordering::Relaxed)),
     }
 }
 

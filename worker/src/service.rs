@@ -173,7 +173,7 @@ pub async fn serve(
     );
     if let Some(status) = &config.status {
         let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
-        status.serving(&record.instance_id, registration.lease_held(), engine, in_flight);
+        status.serving(&record.instance_id, registration.lease_health(), engine, in_flight);
     }
 
     shutdown.cancelled().await;

@@ -2,7 +2,7 @@
 //! (200 while registered and serving, else 503 with the reason) and `/metrics` (Prometheus
 //! text), for container health checks, orchestrator probes and scrapers.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use switchyard_runtime::LeaseHealth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,7 +37,7 @@ impl std::fmt::Debug for WorkerStatus {
 /// Known once the worker has registered.
 struct Serving {
     instance_id: String,
-    lease_held: Arc<AtomicBool>,
+    lease: Arc<LeaseHealth>,
     engine: Arc<dyn Engine>,
     in_flight: TaskTracker,
     metrics: WorkerMetrics,
@@ -51,13 +52,13 @@ impl WorkerStatus {
     pub(crate) fn serving(
         &self,
         instance_id: &str,
-        lease_held: Arc<AtomicBool>,
+        lease: Arc<LeaseHealth>,
         engine: Arc<dyn Engine>,
         in_flight: TaskTracker,
     ) {
         let metrics = WorkerMetrics::new(instance_id, &engine.card().model);
         let serving =
-            Serving { instance_id: instance_id.to_owned(), lease_held, engine, in_flight, metrics };
+            Serving { instance_id: instance_id.to_owned(), lease, engine, in_flight, metrics };
         // A worker registers once; a second call would be a bug, and the first state stands.
         let _ = self.serving.set(serving);
         self.phase.store(SERVING, Ordering::Relaxed);
@@ -71,7 +72,7 @@ impl WorkerStatus {
     /// `(healthy, status word)` as `/health` reports it.
     fn health(&self) -> (bool, &'static str) {
         match (self.phase.load(Ordering::Relaxed), self.serving.get()) {
-            (SERVING, Some(s)) if s.lease_held.load(Ordering::Relaxed) => (true, "serving"),
+            (SERVING, Some(s)) if s.lease.held() => (true, "serving"),
             (SERVING, Some(_)) => (false, "store_unreachable"),
             (DRAINING, _) => (false, "draining"),
             _ => (false, "starting"),
@@ -108,8 +109,7 @@ async fn metrics(State(status): State<Arc<WorkerStatus>>) -> Response {
     let page = match status.serving.get() {
         Some(s) => {
             let state = ServiceState {
-                registered: s.lease_held.load(Ordering::Relaxed)
-                    && status.phase.load(Ordering::Relaxed) == SERVING,
+                registered: s.lease.held() && status.phase.load(Ordering::Relaxed) == SERVING,
                 draining: status.phase.load(Ordering::Relaxed) == DRAINING,
                 in_flight: s.in_flight.len(),
             };
