@@ -131,6 +131,23 @@ async fn server_four_workers_lose_workers_a_partition_and_etcd() {
     d.down();
 }
 
+/// Prefill/decode split: one prefill and one decode worker serve the API together. The file
+/// sets `SWITCHYARD_WORKER_ROLE`; it runs once the binary reads it (worker roles come with
+/// prefill/decode serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs worker roles (SWITCHYARD_WORKER_ROLE), which this build does not read yet"]
+async fn disaggregated_one_prefill_one_decode_serve_and_lose_the_decode_worker() {
+    let d = Deployment::up("disagg-1p1d", 2).await;
+    api_works(&d).await;
+    let code = d.stop("decode-1", Duration::from_secs(20));
+    assert_eq!(code, 0, "{}", d.logs());
+    d.wait_instances(1, Duration::from_secs(5)).await;
+    d.start("decode-1");
+    d.wait_instances(2, Duration::from_secs(60)).await;
+    settled_requests_succeed(&d).await;
+    d.down();
+}
+
 /// `compose config` accepts every shipped compose file, GPU ones included.
 #[test]
 fn every_compose_file_passes_compose_config() {
