@@ -164,6 +164,31 @@ fn every_compose_file_passes_compose_config() {
     }
 }
 
+/// The Kubernetes manifests are YAML documents with a kind and a name each, and every
+/// Deployment's containers have probes (parsed with PyYAML, which docker-compose 1.29 brings).
+#[test]
+fn kubernetes_manifests_parse_with_probes() {
+    let check = r#"
+import glob, sys, yaml
+files = sorted(glob.glob(sys.argv[1] + "/*.yaml"))
+assert len(files) >= 3, files
+for f in files:
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    kinds = [d["kind"] for d in docs]
+    assert "Service" in kinds and "Deployment" in kinds, (f, kinds)
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"], (f, d)
+        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("switchyard-"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                assert c["livenessProbe"]["httpGet"]["path"] == "/live", (f, c)
+                assert c["readinessProbe"]["httpGet"]["path"] == "/health", (f, c)
+print("ok", len(files))
+"#;
+    let dir = repo_root().join("deploy/k8s").display().to_string();
+    let out = ok("/usr/bin/python3", &["-c", check, &dir], &[], Duration::from_secs(60));
+    assert!(out.starts_with("ok"), "{out}");
+}
+
 /// Chat, streamed chat and completions through the frontend's published port, then the
 /// official `openai` client.
 async fn api_works(d: &Deployment) {
