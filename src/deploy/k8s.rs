@@ -60,25 +60,12 @@ spec:
   ports:
     - {{name: client, port: {ETCD_PORT}}}
     - {{name: peer, port: 2380}}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata:
-  name: etcd
-  labels: {{app.kubernetes.io/name: etcd, app.kubernetes.io/part-of: switchyard}}
-spec:
-  serviceName: etcd
-  replicas: 1
-  selector:
-    matchLabels: {{app.kubernetes.io/name: etcd}}
-  template:
-    metadata:
-      labels: {{app.kubernetes.io/name: etcd, app.kubernetes.io/part-of: switchyard}}
-    spec:
-      containers:
-        - name: etcd
-          image: {ETCD_IMAGE}
-          command:
+"
+    );
+    workload_head(out, "StatefulSet", "etcd", 1, "  serviceName: etcd\n", "", "etcd", ETCD_IMAGE);
+    let _ = write!(
+        out,
+        "          command:
             [/usr/local/bin/etcd, --name, etcd-0, --data-dir, /var/lib/etcd/data,
              --listen-client-urls, \"http://0.0.0.0:{ETCD_PORT}\", --advertise-client-urls, \"http://etcd:{ETCD_PORT}\",
              --listen-peer-urls, \"http://0.0.0.0:2380\", --initial-advertise-peer-urls, \"http://etcd-0.etcd:2380\",
@@ -111,24 +98,12 @@ spec:
   selector: {{app.kubernetes.io/name: nats}}
   ports:
     - {{name: client, port: {NATS_PORT}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nats
-  labels: {{app.kubernetes.io/name: nats, app.kubernetes.io/part-of: switchyard}}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app.kubernetes.io/name: nats}}
-  template:
-    metadata:
-      labels: {{app.kubernetes.io/name: nats, app.kubernetes.io/part-of: switchyard}}
-    spec:
-      containers:
-        - name: nats
-          image: {NATS_IMAGE}
-          args: [--port, \"{NATS_PORT}\", --http_port, \"8222\"]
+"
+    );
+    workload_head(out, "Deployment", "nats", 1, "", "", "nats", NATS_IMAGE);
+    let _ = write!(
+        out,
+        "          args: [--port, \"{NATS_PORT}\", --http_port, \"8222\"]
           ports:
             - {{name: client, containerPort: {NATS_PORT}}}
           readinessProbe:
@@ -211,27 +186,45 @@ fn workers(out: &mut String, d: &Deployment, first: &WorkerService, replicas: us
 }
 
 fn pod_head(out: &mut String, name: &str, replicas: usize) {
+    let pod = format!(
+        "      terminationGracePeriodSeconds: {GRACE_SECS}\n      securityContext: \
+         {{runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001}}\n"
+    );
+    workload_head(out, "Deployment", name, replicas, "", &pod, "switchyard", SWITCHYARD_IMAGE);
+}
+
+/// A Deployment or StatefulSet up to its one container's image; `spec` and `pod` are extra
+/// lines of the workload's and the pod's spec.
+#[allow(clippy::too_many_arguments)]
+fn workload_head(
+    out: &mut String,
+    kind: &str,
+    name: &str,
+    replicas: usize,
+    spec: &str,
+    pod: &str,
+    container: &str,
+    image: &str,
+) {
     let _ = write!(
         out,
         "---
 apiVersion: apps/v1
-kind: Deployment
+kind: {kind}
 metadata:
   name: {name}
   labels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: switchyard}}
 spec:
-  replicas: {replicas}
+{spec}  replicas: {replicas}
   selector:
     matchLabels: {{app.kubernetes.io/name: {name}}}
   template:
     metadata:
       labels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: switchyard}}
     spec:
-      terminationGracePeriodSeconds: {GRACE_SECS}
-      securityContext: {{runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001}}
-      containers:
-        - name: switchyard
-          image: {SWITCHYARD_IMAGE}
+{pod}      containers:
+        - name: {container}
+          image: {image}
 "
     );
 }
