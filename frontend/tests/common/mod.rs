@@ -187,6 +187,7 @@ pub fn card(model: &str) -> ModelCard {
         kv_block_size: BLOCK_SIZE,
         kv_total_blocks: 1024,
         engine: "scripted".to_owned(),
+        ..ModelCard::default()
     }
 }
 
