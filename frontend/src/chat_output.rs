@@ -8,8 +8,10 @@ use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
 pub(crate) struct ChatOutput {
     parser: Option<OutputParser>,
     delta: ParsedDelta,
-    /// Tool calls released so far (the index of the next one).
-    calls: usize,
+    /// Tool calls parsed so far.
+    made: usize,
+    /// Tool calls sent as stream deltas so far (the index of the next one).
+    released: usize,
 }
 
 impl ChatOutput {
@@ -26,6 +28,7 @@ impl ChatOutput {
                 self.delta.content.push_str(text);
             }
         }
+        self.made += self.delta.tool_calls.len();
         &self.delta
     }
 
@@ -35,14 +38,15 @@ impl ChatOutput {
             Some(parser) => parser.finish(&mut self.delta),
             None => self.delta.clear(),
         }
+        self.made += self.delta.tool_calls.len();
         &self.delta
     }
 
     /// The last delta's tool calls as stream deltas, numbered after the earlier ones; counts
     /// them as released.
     pub fn take_call_deltas(&mut self) -> (&ParsedDelta, Vec<ToolCallOut<'_>>) {
-        let first = self.calls;
-        self.calls += self.delta.tool_calls.len();
+        let first = self.released;
+        self.released += self.delta.tool_calls.len();
         let calls = self
             .delta
             .tool_calls
@@ -55,7 +59,7 @@ impl ChatOutput {
 
     /// Whether the response made a tool call (its finish reason is then `tool_calls`).
     pub fn made_calls(&self) -> bool {
-        self.calls > 0
+        self.made > 0
     }
 
     /// `stop` becomes `tool_calls` when the model called tools.

@@ -277,7 +277,6 @@ pub(crate) async fn collect(
             Some(Step::Text) => collected.add(output.push(generation.text())),
             Some(Step::Finished(finish)) => {
                 collected.add(output.finish());
-                output.take_call_deltas();
                 return Ok((collected, finish));
             }
             Some(Step::Failed(error)) => return Err(error),
