@@ -31,6 +31,28 @@ struct ErrorDetail {
     code: Option<String>,
 }
 
+/// A chat message (the request keeps the client's object whole; this documents its usual
+/// shape).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct MessageDoc {
+    role: RoleDoc,
+    /// Text, or a list of `{"type": "text", "text": …}` parts.
+    content: Option<String>,
+    name: Option<String>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+enum RoleDoc {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Switchyard", description = "OpenAI-compatible API of a Switchyard frontend"),
@@ -50,6 +72,7 @@ struct ErrorDetail {
         StreamOptions,
         NvextRequest,
         ErrorResponse,
+        MessageDoc,
     ))
 )]
 struct ApiDoc;

@@ -285,7 +285,10 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("eos-probability", m.eos_probability.to_string());
     flag("context-length", m.context_length.to_string());
     if let Some(path) = &m.replay_output {
-        args.extend(["--replay-output".into(), std::path::absolute(path).unwrap_or_else(|_| path.clone()).into()]);
+        args.extend([
+            "--replay-output".into(),
+            std::path::absolute(path).unwrap_or_else(|_| path.clone()).into(),
+        ]);
     }
     args
 }

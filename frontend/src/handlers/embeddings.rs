@@ -26,9 +26,10 @@ const MAX_INPUTS: usize = 2048;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct EmbeddingsRequest {
+    #[schema(required)]
     pub model: Option<String>,
     /// Text, token ids, or a list of either.
-    #[schema(value_type = Option<Value>)]
+    #[schema(value_type = String, required)]
     pub input: Option<Prompt>,
     /// `float` (default) or `base64` (little-endian f32s).
     pub encoding_format: Option<String>,

@@ -29,13 +29,17 @@ use crate::stream::ApiKind;
 /// `POST /v1/responses`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ResponsesRequest {
+    #[schema(required)]
     pub model: Option<String>,
     /// A string (one user message) or a list of input items.
-    #[schema(value_type = Option<Value>)]
+    #[schema(value_type = String, required)]
     pub input: Option<Json>,
     pub instructions: Option<String>,
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     #[schema(value_type = Option<i64>)]
     pub seed: Option<Seed>,
@@ -59,7 +63,7 @@ pub(crate) async fn responses(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut tracker = RequestTracker::start(Endpoint::Chat);
+    let mut tracker = RequestTracker::start(Endpoint::Responses);
     let deadline = deadline(&state, &tracker);
     let (prepared, echo) = match timeout_at(deadline, prepare(&state, body, &mut tracker)).await {
         Ok(Ok(prepared)) => prepared,

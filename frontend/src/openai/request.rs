@@ -57,11 +57,13 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> 
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ChatCompletionRequest {
+    #[schema(required)]
     pub model: Option<String>,
     /// Messages as the client sent them (objects checked when rendered), so that the chat
     /// template sees exactly the keys the client gave.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Vec<crate::openapi::MessageDoc>, required, min_items = 1)]
     pub messages: Option<Vec<minijinja::Value>>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
     /// Tool definitions, handed to the chat template as they came.
     #[schema(value_type = Option<Vec<Object>>)]
@@ -82,15 +84,20 @@ pub(crate) struct ChatCompletionRequest {
     pub nvext: Option<NvextRequest>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    #[schema(minimum = -1)]
     pub top_k: Option<i32>,
     #[schema(value_type = Option<i64>)]
     pub seed: Option<Seed>,
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// A string or a list of strings.
-    #[schema(value_type = Option<Value>)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 32)]
     pub stop: Option<StopStrings>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
@@ -100,22 +107,28 @@ pub(crate) struct ChatCompletionRequest {
 /// `POST /v1/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct CompletionRequest {
+    #[schema(required)]
     pub model: Option<String>,
     /// Text, token ids, or a one-element list of either.
-    #[schema(value_type = Option<Value>)]
+    #[schema(value_type = String, required)]
     pub prompt: Option<Prompt>,
     pub nvext: Option<NvextRequest>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    #[schema(minimum = -1)]
     pub top_k: Option<i32>,
     #[schema(value_type = Option<i64>)]
     pub seed: Option<Seed>,
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// A string or a list of strings.
-    #[schema(value_type = Option<Value>)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 32)]
     pub stop: Option<StopStrings>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,

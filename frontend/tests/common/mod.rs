@@ -266,6 +266,29 @@ impl Harness {
         Ok(())
     }
 
+    /// Serves `worker` as an instance with `card`.
+    pub async fn add_worker_with_card(
+        &self,
+        id: &str,
+        worker: Arc<ScriptedWorker>,
+        card: ModelCard,
+    ) -> Result<()> {
+        let address = serve_worker(worker, self.shutdown.clone()).await?;
+        let record = InstanceRecord {
+            instance_id: id.to_owned(),
+            namespace: "test".to_owned(),
+            role: Role::Aggregated.into(),
+            address,
+            card: Some(card),
+            transport: "tcp".to_owned(),
+        };
+        let registration =
+            within(self.discovery.register(record, Duration::from_secs(5), self.shutdown.clone()))
+                .await?;
+        self.registrations.lock().unwrap().push(registration);
+        Ok(())
+    }
+
     /// Removes every instance from discovery.
     pub async fn deregister_all(&self) -> Result<()> {
         let registrations: Vec<Registration> =
