@@ -288,10 +288,8 @@ impl EventWriter {
             }
         }
         // Blank text right before or between calls is the model's spacing.
-        let pending_blank = content.trim().is_empty();
-        if !content.is_empty()
-            && !(pending_blank && !matches!(self.open, Some(OpenItem::Message { .. })))
-        {
+        let message_open = matches!(self.open, Some(OpenItem::Message { .. }));
+        if !content.is_empty() && (message_open || !content.trim().is_empty()) {
             if !matches!(self.open, Some(OpenItem::Message { .. })) {
                 self.close_open(frame);
                 let id = item_id("msg");

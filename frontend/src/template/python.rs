@@ -242,7 +242,7 @@ impl JsonDumper {
                     return Ok(());
                 }
                 if self.sort_keys {
-                    keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                    keys.sort_by_key(ToString::to_string);
                 }
                 self.out.push('{');
                 for (i, key) in keys.iter().enumerate() {
