@@ -10,6 +10,10 @@ use minijinja::{Error, ErrorKind, Output, State};
 
 /// The output formatter: prints every value as Python's `str()` would.
 pub(super) fn format(out: &mut Output, _state: &State, value: &Value) -> Result<(), Error> {
+    // Most printed values are strings: written as they are, without a copy.
+    if let Some(s) = value.as_str() {
+        return out.write_str(s).map_err(Error::from);
+    }
     let mut text = String::new();
     write_str(&mut text, value);
     out.write_str(&text).map_err(Error::from)
