@@ -350,6 +350,23 @@ mod tests {
     }
 
     #[test]
+    fn kept_special_tokens_show_as_their_text() {
+        let tokenizer = tiny();
+        let im_start = tokenizer.token_to_id("<|im_start|>").expect("special token");
+        let im_end = tokenizer.token_to_id("<|im_end|>").expect("special token");
+        let hi = tokenizer.encode("hi", false).expect("encodes").get_ids().to_vec();
+        for (name, d) in decoders(&tokenizer) {
+            let mut d = d.keeping(Arc::from(vec![(im_start, Box::from("<|im_start|>"))]));
+            let mut out = String::new();
+            for &id in hi.iter().chain([im_start, im_end].iter()).chain(hi.iter()) {
+                d.push(id, &mut out);
+            }
+            d.flush(&mut out);
+            assert_eq!(out, "hi<|im_start|>hi", "{name}");
+        }
+    }
+
+    #[test]
     fn the_alphabet_covers_every_byte_once() {
         let alphabet = reverse_alphabet();
         let mut seen: Vec<u8> = alphabet.iter().flatten().copied().collect();
