@@ -82,6 +82,7 @@ fn real_templates_render_as_transformers_renders_them() {
 
     let (mut same, mut both_refuse, mut python_only_refuses, mut known) = (0, 0, 0, 0);
     let mut failures = Vec::new();
+    let mut lenient = Vec::new();
     for (name, results) in &expected {
         let source = std::fs::read_to_string(templates.join(name)).expect("template");
         let template = match ChatTemplate::compile(&source) {
@@ -120,9 +121,15 @@ fn real_templates_render_as_transformers_renders_them() {
                 (Some(_), Err(e)) => failures
                     .push(format!("{name} / {}: jinja2 renders, ours fails: {e}", case.name)),
                 (None, Err(_)) => both_refuse += 1,
-                (None, Ok(_)) => python_only_refuses += 1,
+                (None, Ok(_)) => {
+                    python_only_refuses += 1;
+                    lenient.push(format!(
+                        "{name} / {}: {}",
+                        case.name,
+                        expected.err.as_deref().unwrap_or("")
+                    ));
+                }
             }
-            let _ = &expected.err;
         }
     }
     let templates_count = expected.len();
@@ -133,6 +140,11 @@ fn real_templates_render_as_transformers_renders_them() {
         cases.len(),
         failures.len()
     );
+    // Where Jinja2's sandbox refuses and minijinja renders (iterating `None`, `list.append`,
+    // attributes of undefined values): shown, not failed.
+    for case in &lenient {
+        println!("  refused by Jinja2 only: {case}");
+    }
     for must in [
         "Qwen-Qwen3-0.6B",
         "Qwen3-Coder",
