@@ -64,3 +64,40 @@ fn the_openai_client_reads_reasoning_tool_calls_and_responses() {
     let status = up.wait_exit(WAIT);
     assert!(status.success(), "switchyard up exited with {status:?}");
 }
+
+/// A worker whose model's chat template does not compile refuses to start, saying why, so
+/// the model is never registered.
+#[test]
+fn a_worker_refuses_a_model_whose_template_does_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let files = switchyard_model::ModelFiles::resolve(switchyard_model::DEFAULT_SOURCE).unwrap();
+    std::fs::write(model.join("tokenizer.json"), &*files.tokenizer_json).unwrap();
+    let config = serde_json::json!({"chat_template": "{% if messages %}{{ messages[0] }"});
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let store = dir.path().join("store");
+    let mut child = Command::new(support::bin())
+        .args(["worker", "--store", "file", "--store-dir", store.to_str().unwrap()])
+        .args(["--model-path", model.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("chat template"), "{stderr}");
+}

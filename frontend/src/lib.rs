@@ -51,6 +51,20 @@ use crate::handlers::AppState;
 use crate::kv_router::KvRouter;
 use crate::models::ModelRegistry;
 
+/// Compiles the chat template of `files` as frontends will, so a worker can refuse at start
+/// a model whose template does not compile (with the reason) rather than register it.
+pub fn check_chat_template(files: &switchyard_model::ModelFiles) -> Result<(), Error> {
+    match files.tokenizer_config.chat_template.as_deref() {
+        Some(source) => {
+            template::ChatTemplate::compile(source).map(|_| ()).map_err(|e| Error::ModelLoad {
+                source_name: files.source.clone(),
+                reason: format!("chat template: {e:#}"),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
 /// Bound on waiting for the frontend's own background tasks after the server stopped.
 const TASKS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -217,6 +217,7 @@ async fn start_engine(
     let files = tokio::task::spawn_blocking(move || ModelFiles::resolve(&source))
         .await?
         .with_context(|| format!("loading model {}", args.model_path))?;
+    switchyard_frontend::check_chat_template(&files)?;
     let name = args.served_name();
     // Frontends in other processes resolve the tokenizer from this; a relative directory
     // would mean something else in their working directory.
