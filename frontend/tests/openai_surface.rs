@@ -180,3 +180,37 @@ async fn a_template_that_does_not_compile_keeps_its_model_out() -> Result<()> {
     assert_eq!(h.get("/v1/models/broken").await?.status(), 404);
     h.stop().await
 }
+
+#[tokio::test]
+async fn embeddings_go_to_instances_that_serve_them() -> Result<()> {
+    let h = Harness::start(FrontendConfig::default(), vec![]).await?;
+    let worker = ScriptedWorker::new(Script::Embedding(vec![1.0, -0.5]));
+    let mut embedder = card("embedder");
+    embedder.embeddings = true;
+    h.add_worker_with_card("e1", worker.clone(), embedder).await?;
+    eventually(|| async { h.get("/v1/models/embedder").await.is_ok_and(|r| r.status() == 200) })
+        .await?;
+    let (status, body) =
+        h.post_json("/v1/embeddings", json!({"model": "embedder", "input": ["a b", "c"]})).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["data"][0]["embedding"], json!([1.0, -0.5]));
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        (encode("a b", true).len() + encode("c", true).len()) as u64
+    );
+    let sent = worker.last_request();
+    assert!(sent.embed);
+    assert_eq!(sent.token_ids, encode("c", true));
+    let (status, body) = h
+        .post_json(
+            "/v1/embeddings",
+            json!({"model": "embedder", "input": "x", "encoding_format": "base64"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    // 1.0 and -0.5 as little-endian f32s.
+    assert_eq!(body["data"][0]["embedding"], "AACAPwAAAL8=");
+    h.stop().await
+}

@@ -62,6 +62,8 @@ pub enum Script {
     Hang,
     /// Emits these tokens over and over, 5 ms apart, until cancelled.
     Endless(Vec<u32>),
+    /// Answers with one final chunk carrying this embedding (an engine that serves them).
+    Embedding(Vec<f32>),
 }
 
 /// A worker whose behaviour is scripted, recording what it receives.
@@ -133,6 +135,12 @@ impl GenerateHandler for ScriptedWorker {
                 out
             }
             Script::Reject(kind) => vec![error_chunk(0, *kind)],
+            Script::Embedding(vector) => vec![GenerateChunk {
+                finish_reason: FinishReason::Stop.into(),
+                usage: Some(Usage { prompt_tokens, completion_tokens: 0, cached_tokens: 0 }),
+                embedding: vector.clone(),
+                ..GenerateChunk::default()
+            }],
             Script::FailAfter(ids) => {
                 vec![chunk(0, ids.clone()), error_chunk(1, ErrorKind::Engine)]
             }
