@@ -56,9 +56,15 @@ fn run(command: &mut Command) -> Vec<u8> {
     output.stdout
 }
 
-/// The templates directory of the unpacked sdist.
+/// The templates directory of the unpacked sdist (fetched with the venv's pip, which a
+/// fresh machine's system Python may lack).
 fn template_dir(root: &Path) -> PathBuf {
-    let out = run(Command::new("bash").arg(root.join("scripts/llama_cpp_sdist.sh")));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![root.join(".venv/bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let path = std::env::join_paths(dirs).expect("PATH");
+    let out =
+        run(Command::new("bash").arg(root.join("scripts/llama_cpp_sdist.sh")).env("PATH", path));
     let sdist = String::from_utf8(out).expect("utf-8");
     PathBuf::from(sdist.trim()).join("vendor/llama.cpp/models/templates")
 }
