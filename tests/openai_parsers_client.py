@@ -138,6 +138,24 @@ text = "".join(e.delta for e in events if e.type == "response.output_text.delta"
 assert text == "Hello! How can I help you today?", text
 assert events[-1].response.output_text == text, events[-1].response
 
+events = list(
+    client.responses.create(
+        model=model,
+        input="Weather in Paris?",
+        tools=[{"type": "function", "name": "get_weather", "parameters": TOOLS[0]["function"]["parameters"]}],
+        max_output_tokens=400,
+        stream=True,
+        extra_body={"seed": WEATHER},
+    )
+)
+types = [e.type for e in events]
+assert "response.reasoning_text.delta" in types, types
+done = [e for e in events if e.type == "response.function_call_arguments.done"]
+assert len(done) == 1 and json.loads(done[0].arguments) == {"city": "Paris", "unit": "celsius"}, done
+final = [item.type for item in events[-1].response.output]
+assert final == ["reasoning", "function_call"], final
+assert [e.sequence_number for e in events] == list(range(len(events))), types
+
 # A model whose engines serve no embeddings: a clear 400 naming it.
 try:
     client.embeddings.create(model=model, input="hi")
