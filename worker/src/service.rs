@@ -39,6 +39,10 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// Told when the worker serves and when it drains, for its status port.
     pub status: Option<Arc<WorkerStatus>>,
+    /// Output parsers the frontend applies to this model's text, published in the card
+    /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
+    pub reasoning_parser: Option<String>,
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -50,6 +54,8 @@ impl Default for WorkerConfig {
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
             status: None,
+            reasoning_parser: None,
+            tool_call_parser: None,
         }
     }
 }
@@ -128,12 +134,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let instance_id = config.instance_id.clone().unwrap_or_else(new_instance_id);
+    let mut card = engine.card().clone();
+    if let Some(parser) = &config.reasoning_parser {
+        card.reasoning_parser.clone_from(parser);
+    }
+    if let Some(parser) = &config.tool_call_parser {
+        card.tool_call_parser.clone_from(parser);
+    }
     let record = InstanceRecord {
         instance_id: instance_id.clone(),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
         address: listener.address(config.advertise_host.as_deref())?,
-        card: Some(engine.card().clone()),
+        card: Some(card),
         transport: listener.transport().to_owned(),
     };
 
@@ -250,6 +263,11 @@ impl GenerateHandler for WorkerHandler {
     async fn generate(&self, request: GenerateRequest) -> ChunkStream {
         if self.draining.is_cancelled() {
             return error_stream(&Error::ShuttingDown);
+        }
+        if request.embed && !self.engine.card().embeddings {
+            return error_stream(&Error::InvalidRequest(
+                "this worker's engine does not serve embeddings".to_owned(),
+            ));
         }
         let in_flight = self.in_flight.token();
         let cancel = self.cancel_all.child_token();
