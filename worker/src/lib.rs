@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod kv_transfer;
 pub mod mocker;
 pub mod service;
 

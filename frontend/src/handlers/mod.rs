@@ -33,7 +33,7 @@ pub(crate) struct AppState {
     pub config: FrontendConfig,
     pub registry: ModelRegistry,
     pub client: Arc<dyn RequestClient>,
-    pub policy: Box<dyn Policy>,
+    pub policy: Arc<dyn Policy>,
     pub kv: Arc<KvRouter>,
 }
 
@@ -127,13 +127,14 @@ pub(crate) async fn respond(
         deadline_ms: 0,
     };
     let dispatch = Dispatch {
-        model: &entry,
-        policy: state.policy.as_ref(),
-        kv: &state.kv,
-        client: state.client.as_ref(),
+        model: entry.clone(),
+        policy: state.policy.clone(),
+        kv: state.kv.clone(),
+        client: state.client.clone(),
         max_attempts: state.config.max_attempts,
         deadline,
         timeout: state.config.request_timeout,
+        prefill_timeout: state.config.prefill_timeout,
     };
     let dispatched = match dispatch.send(request).await {
         Ok(dispatched) => dispatched,
