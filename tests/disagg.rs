@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::{Mode, PlaneMode, Proc, Servers, WAIT, client, post_json, post_sse, spawn, url_in, wait_for_line};
+use support::{
+    Mode, PlaneMode, Proc, Servers, WAIT, client, post_json, post_sse, spawn, url_in, wait_for_line,
+};
 use switchyard_proto::worker_event::Event;
 use switchyard_proto::{InstanceRecord, Role, kv_event};
 use switchyard_runtime::events::{
@@ -43,12 +45,17 @@ async fn split_serving_over_nats() {
 
 /// A frontend and its workers in one namespace.
 struct Namespaced {
-    frontend: Proc,
+    _frontend: Proc,
     workers: Vec<Proc>,
     url: String,
 }
 
-fn start(servers: &Servers, namespace: &str, roles: &[&str], frontend_extra: &[&str]) -> Namespaced {
+fn start(
+    servers: &Servers,
+    namespace: &str,
+    roles: &[&str],
+    frontend_extra: &[&str],
+) -> Namespaced {
     let mut flags: Vec<&str> = servers.store_flags.iter().map(String::as_str).collect();
     flags.extend(["--namespace", namespace, "--lease-ttl-secs", "2"]);
     let workers = roles
@@ -65,7 +72,7 @@ fn start(servers: &Servers, namespace: &str, roles: &[&str], frontend_extra: &[&
     args.extend_from_slice(frontend_extra);
     let mut frontend = spawn(&format!("{namespace} frontend"), &args);
     let url = url_in(&wait_for_line(&mut frontend, "listening on"));
-    Namespaced { frontend, workers, url }
+    Namespaced { _frontend: frontend, workers, url }
 }
 
 async fn wait_instances(url: &str, n: usize) {
@@ -114,14 +121,16 @@ async fn answer(url: &str, endpoint: &str, body: &Value) -> (String, Value) {
     (text.to_owned(), response["usage"].clone())
 }
 
+/// The four kinds of request, each with a prompt of its own (so none is a repeat).
 fn bodies(i: usize) -> Vec<(&'static str, Value)> {
-    let content = prompt(i);
     let chat = |stream: bool| {
+        let content = prompt(i * 10 + usize::from(stream));
         json!({"model": MODEL, "messages": [{"role": "user", "content": content}],
                "max_tokens": 24, "seed": 7 + i, "stream": stream,
                "stream_options": {"include_usage": true}})
     };
     let completion = |stream: bool| {
+        let content = prompt(i * 10 + 2 + usize::from(stream));
         json!({"model": MODEL, "prompt": content, "max_tokens": 24, "seed": 7 + i,
                "stream": stream, "stream_options": {"include_usage": true}})
     };
@@ -139,13 +148,14 @@ async fn split_serving(mode: Mode) {
     // A remote prefill for anything over one block's worth of uncached tokens, so a repeat
     // served from the decode worker's cache is prefilled there.
     let split_flags = ["--max-local-prefill-tokens", "15"];
-    let mut split = start(&servers, "split", &["prefill", "decode"], &split_flags);
+    let split = start(&servers, "split", &["prefill", "decode"], &split_flags);
     wait_instances(&agg.url, 1).await;
     wait_instances(&split.url, 2).await;
 
     let stop = CancellationToken::new();
     let store = FileStore::open(servers.store_dir.path()).unwrap();
-    let watch = Discovery::new(Arc::new(store), "split").watch_instances(stop.clone()).await.unwrap();
+    let watch =
+        Discovery::new(Arc::new(store), "split").watch_instances(stop.clone()).await.unwrap();
     let decode = instance_with_role(&watch, Role::Decode);
     let prefill = instance_with_role(&watch, Role::Prefill);
     assert!(!prefill.kv_transfer_address.is_empty(), "{prefill:?}");
@@ -159,13 +169,16 @@ async fn split_serving(mode: Mode) {
         assert_eq!(split_usage["completion_tokens"], 24);
         assert_eq!(agg_usage["completion_tokens"], 24);
     }
-    let metrics = metrics(&split.url).await;
-    assert!(counter(&metrics, "switchyard_frontend_prefills_total{place=\"remote\"") >= 4.0, "{metrics}");
+    let scraped = scrape(&split.url).await;
+    assert!(
+        counter(&scraped, "switchyard_frontend_prefills_total{place=\"remote\"") >= 4.0,
+        "{scraped}"
+    );
 
     // A new prompt: its blocks reach the decode worker by hand-off, and show up in its KV
     // events and, while it decodes (long enough for a few load reports), in its load.
     let mut events = subscribe(mode, &servers, &watch).await;
-    let body = json!({"model": MODEL, "prompt": prompt(1), "max_tokens": 1000, "seed": 1});
+    let body = json!({"model": MODEL, "prompt": prompt(1000), "max_tokens": 1000, "seed": 1});
     let (_, usage) = answer(&split.url, "/v1/completions", &body).await;
     let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
     let full_blocks = prompt_tokens / 16;
@@ -178,17 +191,21 @@ async fn split_serving(mode: Mode) {
     // all but its last.)
     let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
     assert!(cached >= (full_blocks - 1) * 16 && cached > 0, "{usage}");
-    let metrics = metrics(&split.url).await;
+    let scraped = scrape(&split.url).await;
     assert!(
-        counter(&metrics, "switchyard_frontend_prefills_total{place=\"local\",reason=\"short_prompt\"}") >= 1.0,
-        "{metrics}"
+        counter(
+            &scraped,
+            "switchyard_frontend_prefills_total{place=\"local\",reason=\"short_prompt\"}"
+        ) >= 1.0,
+        "{scraped}"
     );
 
     // The only prefill worker dies under load: every request still succeeds.
     let load = (0..48).map(|i| {
         let url = split.url.clone();
         async move {
-            let body = json!({"model": MODEL, "prompt": prompt(100 + i), "max_tokens": 32, "stream": i % 2 == 0});
+            let body = json!({"model": MODEL, "prompt": prompt(100 + i), "max_tokens": 32, "stream": i % 2 == 0,
+                "stream_options": {"include_usage": true}});
             answer(&url, "/v1/completions", &body).await
         }
     });
@@ -202,21 +219,24 @@ async fn split_serving(mode: Mode) {
         }
     }
     assert_eq!(done, 48);
-    let metrics = metrics(&split.url).await;
-    assert!(counter(&metrics, "switchyard_frontend_prefill_fallbacks_total") >= 1.0, "{metrics}");
+    let scraped = scrape(&split.url).await;
+    assert!(counter(&scraped, "switchyard_frontend_prefill_fallbacks_total") >= 1.0, "{scraped}");
     stop.cancel();
     drop(agg);
 }
 
 fn instance_with_role(watch: &InstanceWatch, role: Role) -> Arc<InstanceRecord> {
     let current = watch.current();
-    let found = current.models().flat_map(|(_, list)| list.iter().cloned()).find(|r| r.role() == role);
+    let found =
+        current.models().flat_map(|(_, list)| list.iter().cloned()).find(|r| r.role() == role);
     found.unwrap_or_else(|| panic!("no {role:?} instance"))
 }
 
 async fn subscribe(mode: Mode, servers: &Servers, watch: &InstanceWatch) -> EventStream {
     let subscriber: Box<dyn EventSubscriber> = match mode.plane {
-        PlaneMode::Tcp => Box::new(TcpEventSubscriber::new(watch.subscribe(), TcpEventConfig::default())),
+        PlaneMode::Tcp => {
+            Box::new(TcpEventSubscriber::new(watch.subscribe(), TcpEventConfig::default()))
+        }
         PlaneMode::Nats => {
             let url = servers.nats.as_ref().unwrap().url();
             let client = switchyard_runtime::plane::nats::connect(&url).await.unwrap();
@@ -256,8 +276,11 @@ async fn decode_events(events: &mut EventStream, instance: &str, blocks: u64) ->
     (stored, peak)
 }
 
-async fn metrics(url: &str) -> String {
-    let resp = tokio::time::timeout(WAIT, client().get(format!("{url}/metrics")).send()).await.unwrap().unwrap();
+async fn scrape(url: &str) -> String {
+    let resp = tokio::time::timeout(WAIT, client().get(format!("{url}/metrics")).send())
+        .await
+        .unwrap()
+        .unwrap();
     resp.text().await.unwrap()
 }
 

@@ -61,7 +61,8 @@ fn parse_one(item: &str) -> Result<TopologySpec, Error> {
         && !prefill.is_empty()
         && prefill.bytes().all(|b| b.is_ascii_digit())
     {
-        let (prefill, decode) = (count(prefill, "prefill worker")?, count(decode, "decode worker")?);
+        let (prefill, decode) =
+            (count(prefill, "prefill worker")?, count(decode, "decode worker")?);
         return Ok(TopologySpec {
             kind: TopologyKind::Disaggregated { prefill, decode },
             workers: prefill + decode,

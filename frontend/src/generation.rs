@@ -12,9 +12,9 @@ use tokio::time::timeout_at;
 
 use crate::detokenize::Detokenizer;
 use crate::error::Error;
+use crate::kv_router::Reservation;
 use crate::metrics::RequestTracker;
 use crate::openai::response::Usage;
-use crate::kv_router::Reservation;
 use crate::routing::Dispatched;
 use crate::stop::StopMatcher;
 

@@ -170,7 +170,10 @@ impl KvRouter {
                 };
                 match state.apply_kv(&instance, &KvEvent { event_id: kv.event_id, change }) {
                     None => {
-                        tracing::debug!(instance, "KV event of an instance not in discovery; ignored");
+                        tracing::debug!(
+                            instance,
+                            "KV event of an instance not in discovery; ignored"
+                        );
                     }
                     // A snapshot would not fit either: the index keeps what fits.
                     Some(Ok(Applied::ResyncNeeded(reason @ ResyncReason::OverCapacity { .. }))) => {
@@ -195,7 +198,11 @@ impl KvRouter {
     }
 
     /// Asks the routing state where `request` goes, with `policy`, and books it there.
-    pub fn select(self: &Arc<Self>, request: &RouteRequest<'_>, policy: &dyn Policy) -> Option<Routed> {
+    pub fn select(
+        self: &Arc<Self>,
+        request: &RouteRequest<'_>,
+        policy: &dyn Policy,
+    ) -> Option<Routed> {
         let started = Instant::now();
         let mut state = self.lock();
         let chosen = state.select(request, policy, self.epoch.elapsed())?;
@@ -207,7 +214,8 @@ impl KvRouter {
         if let (Some(prefill), Some(booked)) = (&chosen.prefill, prefill_booked) {
             predicted_gauge(&prefill.booking.instance).set(booked as f64);
         }
-        let overlap = chosen.prefill.as_ref().map_or(chosen.decode_overlap_blocks, |p| p.overlap_blocks);
+        let overlap =
+            chosen.prefill.as_ref().map_or(chosen.decode_overlap_blocks, |p| p.overlap_blocks);
         metrics::histogram!(ROUTER_OVERLAP_BLOCKS).record(f64::from(overlap));
         metrics::histogram!(ROUTER_DECISION_TIME).record(started.elapsed().as_secs_f64());
         let (place, reason) = match chosen.place {

@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::FrontendConfig;
 pub use error::Error;
-pub use switchyard_router::{DisaggConfig, PolicyKind};
 use switchyard_router::RoutingConfig;
+pub use switchyard_router::{DisaggConfig, PolicyKind};
 
 use crate::handlers::AppState;
 use crate::kv_router::KvRouter;

@@ -95,7 +95,9 @@ fn install() -> Option<PrometheusHandle> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(ROUTER_DECISION_TIME.into()), DECISION_BUCKETS)
         })
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(KV_HANDOFF_BYTES.into()), BYTES_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(KV_HANDOFF_BYTES.into()), BYTES_BUCKETS)
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(KV_HANDOFF_SECONDS.into()), HANDOFF_BUCKETS)
         });

@@ -227,9 +227,11 @@ impl TableBuilder {
                     .iter()
                     .filter(|r| (r.role() == Role::Prefill) == prefill)
                     .map(|r| {
-                        let requests = self.counters.get(&r.instance_id).cloned().unwrap_or_else(
-                            || instance_requests_counter(name, &r.instance_id),
-                        );
+                        let requests = self
+                            .counters
+                            .get(&r.instance_id)
+                            .cloned()
+                            .unwrap_or_else(|| instance_requests_counter(name, &r.instance_id));
                         counters.insert(r.instance_id.clone(), requests.clone());
                         RoutedInstance { record: r.clone(), requests }
                     })

@@ -79,7 +79,9 @@ impl Dispatch {
             if let Some(prefill) = prefill {
                 let instance = prefill.instance().clone();
                 match self.prefill(&request, prefill).await {
-                    Ok(prefilled) => return Ok(self.continue_after(prefilled, request, decode, tried)),
+                    Ok(prefilled) => {
+                        return Ok(self.continue_after(prefilled, request, decode, tried));
+                    }
                     Err(cause) => {
                         if Instant::now() >= self.deadline {
                             return Err(Error::Timeout { after: self.timeout });
@@ -107,7 +109,12 @@ impl Dispatch {
     }
 
     /// The routing state's choice among the instances not tried yet, booked.
-    fn select(&self, request: &GenerateRequest, tried: &[Arc<str>], allow_remote: bool) -> Option<Routed> {
+    fn select(
+        &self,
+        request: &GenerateRequest,
+        tried: &[Arc<str>],
+        allow_remote: bool,
+    ) -> Option<Routed> {
         let route = RouteRequest {
             model: &self.model.name,
             block_hashes: &request.block_hashes,
@@ -128,11 +135,13 @@ impl Dispatch {
         let instance = self.model.instance(reservation.instance()).ok_or("gone")?;
         let limit = self.deadline.min(Instant::now() + self.prefill_timeout);
         let mut prefill = request.clone();
-        prefill.disaggregated = Some(DisaggregatedParams { prefill_only: true, ..Default::default() });
+        prefill.disaggregated =
+            Some(DisaggregatedParams { prefill_only: true, ..Default::default() });
         prefill.deadline_ms = remaining_ms(limit);
         let address = instance.record.address.clone();
         let run = async {
-            let mut stream = self.client.generate(&address, prefill).await.map_err(|_| "unreachable")?;
+            let mut stream =
+                self.client.generate(&address, prefill).await.map_err(|_| "unreachable")?;
             let mut tokens = Vec::new();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|_| "stream_error")?;
@@ -149,7 +158,12 @@ impl Dispatch {
                 if tokens.is_empty() {
                     return Err("no_token");
                 }
-                return Ok(Prefilled { tokens, finish, usage: chunk.usage, handle: chunk.kv_handle });
+                return Ok(Prefilled {
+                    tokens,
+                    finish,
+                    usage: chunk.usage,
+                    handle: chunk.kv_handle,
+                });
             }
             Err("stream_error")
         };
@@ -177,7 +191,11 @@ impl Dispatch {
                 usage: prefilled.usage,
                 ..GenerateChunk::default()
             };
-            return Dispatched { first, stream: Box::pin(futures::stream::empty()), in_flight: None };
+            return Dispatched {
+                first,
+                stream: Box::pin(futures::stream::empty()),
+                in_flight: None,
+            };
         }
         let cached_tokens = prefilled.usage.map(|u| u.cached_tokens);
         if let Some(handle) = &prefilled.handle {
@@ -185,7 +203,8 @@ impl Dispatch {
         } else {
             metrics::counter!(PREFILL_FALLBACKS_TOTAL, "cause" => "no_handle").increment(1);
         }
-        let first = GenerateChunk { token_ids: prefilled.tokens.clone(), ..GenerateChunk::default() };
+        let first =
+            GenerateChunk { token_ids: prefilled.tokens.clone(), ..GenerateChunk::default() };
         request.disaggregated = Some(DisaggregatedParams {
             prefill_only: false,
             kv_handle: prefilled.handle,
@@ -212,7 +231,12 @@ impl Dispatch {
 
     /// The decode half: on the chosen instance, or another one if it cannot take it. Errors
     /// end the stream as an error chunk (the client already has the first token).
-    async fn decode(self, request: GenerateRequest, first: Reservation, mut tried: Vec<Arc<str>>) -> ChunkStream {
+    async fn decode(
+        self,
+        request: GenerateRequest,
+        first: Reservation,
+        mut tried: Vec<Arc<str>>,
+    ) -> ChunkStream {
         let attempts = self.max_attempts.clamp(1, self.model.instances.len());
         let mut next = Some(first);
         for _ in 0..attempts {

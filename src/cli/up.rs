@@ -70,7 +70,9 @@ impl UpArgs {
             return Ok(vec![WorkerRole::Aggregated; self.workers]);
         }
         if self.decode_workers == 0 {
-            bail!("--prefill-workers needs --decode-workers ≥ 1: prefill workers serve no whole requests");
+            bail!(
+                "--prefill-workers needs --decode-workers ≥ 1: prefill workers serve no whole requests"
+            );
         }
         let mut roles = vec![WorkerRole::Prefill; self.prefill_workers];
         roles.extend(std::iter::repeat_n(WorkerRole::Decode, self.decode_workers));

@@ -84,8 +84,7 @@ impl KvTransfer for KvTransferService {
         let mut offset = 0u64;
         let chunks = export.chunks.map(move |data| {
             let data = data.map_err(|e| Status::internal(e.to_string()))?;
-            let chunk =
-                KvPullChunk { offset, checksum: xxh3_64(&data), total_bytes, data };
+            let chunk = KvPullChunk { offset, checksum: xxh3_64(&data), total_bytes, data };
             offset += chunk.data.len() as u64;
             Ok(chunk)
         });
@@ -126,10 +125,10 @@ impl KvPuller {
 
     async fn pull_once(&self, handle: &KvHandle) -> Result<Vec<u8>> {
         let channel = self.channel(&handle.address).await?;
-        let mut client = KvTransferClient::new(channel)
-            .max_decoding_message_size(CHUNK_BYTES * 2);
+        let mut client = KvTransferClient::new(channel).max_decoding_message_size(CHUNK_BYTES * 2);
         let request = KvPullRequest { handle: Some(handle.clone()) };
-        let failed = |e: Status| Error::Engine(format!("KV pull from {}: {}", handle.address, e.message()));
+        let failed =
+            |e: Status| Error::Engine(format!("KV pull from {}: {}", handle.address, e.message()));
         let mut stream = client.pull(request).await.map_err(failed)?.into_inner();
         let mut data = Vec::new();
         while let Some(chunk) = stream.message().await.map_err(failed)? {
@@ -171,10 +170,9 @@ impl KvPuller {
             .map_err(|e| Error::Engine(format!("KV transfer address {address:?}: {e}")))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Error::Engine(format!("connecting to the KV transfer service at {address}: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            Error::Engine(format!("connecting to the KV transfer service at {address}: {e}"))
+        })?;
         self.channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

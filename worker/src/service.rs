@@ -158,7 +158,9 @@ pub async fn serve(
         _ => None,
     };
     let kv_transfer_address = match &kv_transfer {
-        Some(listener) => advertised_address(listener.local_addr()?, config.advertise_host.as_deref()),
+        Some(listener) => {
+            advertised_address(listener.local_addr()?, config.advertise_host.as_deref())
+        }
         None => String::new(),
     };
     let record = InstanceRecord {

@@ -68,7 +68,10 @@ fn winner(runs: &[Labeled], key: &str, lower: bool) -> Option<usize> {
         return None;
     }
     let better = |a: f64, b: f64| if lower { a < b } else { a > b };
-    values.into_iter().reduce(|best, next| if better(next.1, best.1) { next } else { best }).map(|(i, _)| i)
+    values
+        .into_iter()
+        .reduce(|best, next| if better(next.1, best.1) { next } else { best })
+        .map(|(i, _)| i)
 }
 
 /// A run to compare: its label (column header or CSV first cell) and its line.

@@ -355,6 +355,7 @@ async fn register(
         address: address.to_owned(),
         card: Some(card(model)),
         transport: "tcp".to_owned(),
+        ..InstanceRecord::default()
     };
     Ok(within(discovery.register(record, Duration::from_secs(5), shutdown.clone())).await?)
 }

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Error;
 use crate::kv_index::{Applied, InstanceId, KvEvent, KvIndex};
 use crate::policy::{Candidate, Policy, RequestInfo};
-use crate::Error;
 pub use disagg::{DisaggConfig, LocalReason, PrefillPlace};
 
 /// What an instance does, as its record says.
@@ -133,7 +133,8 @@ impl Entry {
             candidate.waiting_requests = load.waiting_requests;
             candidate.active_decode_blocks = load.active_kv_blocks.max(self.booked_blocks);
             if load.total_kv_blocks > 0 {
-                candidate.kv_usage = (load.active_kv_blocks as f64 / load.total_kv_blocks as f64) as f32;
+                candidate.kv_usage =
+                    (load.active_kv_blocks as f64 / load.total_kv_blocks as f64) as f32;
             }
         }
         candidate
@@ -208,7 +209,11 @@ impl RoutingState {
     }
 
     /// Applies one KV event of `instance`. `None` for an instance not in discovery.
-    pub fn apply_kv(&mut self, instance: &str, event: &KvEvent<'_>) -> Option<Result<Applied, Error>> {
+    pub fn apply_kv(
+        &mut self,
+        instance: &str,
+        event: &KvEvent<'_>,
+    ) -> Option<Result<Applied, Error>> {
         let (routes, at) = self.routes_of(instance)?;
         let handle = routes.instances[at].handle;
         Some(routes.index.apply(handle, event))
@@ -381,7 +386,14 @@ impl ModelRoutes {
 
     /// Books `blocks` and one request on the instance at `at`, and records the decision for
     /// an instance that sends no KV events.
-    fn book(&mut self, at: usize, blocks: u64, hashes: &[u64], now: Duration, ttl: Duration) -> Booking {
+    fn book(
+        &mut self,
+        at: usize,
+        blocks: u64,
+        hashes: &[u64],
+        now: Duration,
+        ttl: Duration,
+    ) -> Booking {
         let entry = &mut self.instances[at];
         entry.booked_blocks = entry.booked_blocks.saturating_add(blocks);
         entry.booked_requests = entry.booked_requests.saturating_add(1);

@@ -101,7 +101,8 @@ fn a_short_or_cached_prompt_is_prefilled_locally() {
     // 1,024 tokens, of which the decode instance caches all but 48.
     let long = hashes(64);
     store(&mut s, "d", &long[..61]);
-    let chosen = s.select(&request(&long, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let chosen =
+        s.select(&request(&long, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
     assert_eq!(chosen.decode_overlap_blocks, 61);
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::ShortPrompt));
 }
@@ -145,7 +146,8 @@ fn the_prefill_instance_holding_the_prefix_wins() {
     let h = hashes(64);
     store(&mut s, "p2", &h[..40]);
     for _ in 0..5 {
-        let chosen = s.select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+        let chosen =
+            s.select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
         let prefill = chosen.prefill.clone().unwrap();
         assert_eq!(&*prefill.booking.instance, "p2");
         assert_eq!(prefill.overlap_blocks, 40);
@@ -156,7 +158,8 @@ fn the_prefill_instance_holding_the_prefix_wins() {
 
 #[test]
 fn excluded_and_disallowed_instances_are_skipped() {
-    let mut s = state(&[("p", Role::Prefill), ("d1", Role::Decode), ("a", Role::Aggregated)], SPLIT);
+    let mut s =
+        state(&[("p", Role::Prefill), ("d1", Role::Decode), ("a", Role::Aggregated)], SPLIT);
     let h = hashes(64);
     let tried: Vec<Arc<str>> = vec!["d1".into(), "p".into()];
     let chosen = s.select(&request(&h, 1024, &tried), &LeastLoaded, Duration::ZERO).unwrap();
@@ -190,11 +193,13 @@ fn decisions_stand_in_for_silent_instances_until_their_ttl() {
     let h = hashes(32);
     let first = s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
     s.release(&first.decode);
-    let again = s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1)).unwrap();
+    let again =
+        s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1)).unwrap();
     assert_eq!(again.decode.instance, first.decode.instance);
     assert_eq!(again.decode_overlap_blocks, 32);
     s.release(&again.decode);
-    let late = s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1000)).unwrap();
+    let late =
+        s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1000)).unwrap();
     assert_eq!(late.decode_overlap_blocks, 0);
 }
 

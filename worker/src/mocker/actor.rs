@@ -29,11 +29,19 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(5);
 pub(crate) enum Command {
     Add(Sequence),
     /// Cache handed-over blocks; replies with how many leading ones are cached.
-    Import { hashes: Vec<u64>, done: oneshot::Sender<usize> },
+    Import {
+        hashes: Vec<u64>,
+        done: oneshot::Sender<usize>,
+    },
     /// Start the pull of held blocks.
-    Export { transfer_id: String, reply: oneshot::Sender<Option<HeldKv>> },
+    Export {
+        transfer_id: String,
+        reply: oneshot::Sender<Option<HeldKv>>,
+    },
     /// Free held blocks (pulled).
-    Release { transfer_id: String },
+    Release {
+        transfer_id: String,
+    },
 }
 
 pub(crate) struct Actor {
@@ -148,7 +156,11 @@ impl Actor {
         tracing::debug!(preemptions = self.scheduler.preemptions(), "mocker scheduler stopped");
     }
 
-    fn handle(&mut self, command: Command, cancels: &mut FuturesUnordered<BoxFuture<'static, SeqId>>) {
+    fn handle(
+        &mut self,
+        command: Command,
+        cancels: &mut FuturesUnordered<BoxFuture<'static, SeqId>>,
+    ) {
         match command {
             Command::Add(seq) => {
                 let id = seq.id;

@@ -135,7 +135,13 @@ impl HandoffConfig {
     }
 
     /// Checks `data` against what [`HandoffConfig::encode`] makes of the same handle.
-    pub fn verify(&self, data: &[u8], tokens: usize, block_size: usize, hashes: &[u64]) -> Result<()> {
+    pub fn verify(
+        &self,
+        data: &[u8],
+        tokens: usize,
+        block_size: usize,
+        hashes: &[u64],
+    ) -> Result<()> {
         let expected = self.encode(tokens, block_size, hashes);
         if data.len() != expected.len() {
             return Err(Error::Engine(format!(
@@ -162,7 +168,9 @@ fn block_lengths(tokens: usize, block_size: usize) -> impl Iterator<Item = usize
 fn block_word(hashes: &[u64], i: usize) -> u64 {
     match hashes.get(i) {
         Some(&hash) => hash,
-        None => hashes.last().copied().unwrap_or(0) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        None => {
+            hashes.last().copied().unwrap_or(0) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        }
     }
 }
 

@@ -217,7 +217,8 @@ impl KvTransferEngine for MockerEngine {
             ))
         })?;
         let release = ReleaseOnDrop { commands: self.commands.clone(), transfer_id };
-        let data = self.config.handoff.encode(held.tokens, self.config.block_tokens(), &held.hashes);
+        let data =
+            self.config.handoff.encode(held.tokens, self.config.block_tokens(), &held.hashes);
         let total_bytes = data.len() as u64;
         let chunks = crate::kv_transfer::chunked(data).map(move |chunk| {
             let _held_until_read = &release;

@@ -271,12 +271,14 @@ impl Scheduler {
                     block_hashes: hashes.clone(),
                     bytes: self.config.handoff.full_bytes(tokens),
                     transfer_id: transfer_id.clone(),
-                    lease_ms: u64::try_from(self.config.handoff.lease.as_millis()).unwrap_or(u64::MAX),
+                    lease_ms: u64::try_from(self.config.handoff.lease.as_millis())
+                        .unwrap_or(u64::MAX),
                     tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
                     ..KvHandle::default()
                 };
                 let blocks = std::mem::take(&mut seq.blocks);
-                self.held.insert(transfer_id.clone(), Held { blocks, hashes, tokens, exporting: false });
+                self.held
+                    .insert(transfer_id.clone(), Held { blocks, hashes, tokens, exporting: false });
                 self.new_holds.push(transfer_id);
                 handle
             });

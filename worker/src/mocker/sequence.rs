@@ -141,12 +141,11 @@ impl Sequence {
     pub(crate) fn admit(&mut self, hit_blocks: usize, block_size: usize) {
         self.computed = self.computed_at_admission(hit_blocks, block_size);
         self.registered = hit_blocks;
-        self.prefill_end =
-            if self.computed == self.imported_tokens && self.imported_tokens > 0 {
-                self.computed
-            } else {
-                self.tokens.len()
-            };
+        self.prefill_end = if self.computed == self.imported_tokens && self.imported_tokens > 0 {
+            self.computed
+        } else {
+            self.tokens.len()
+        };
         if self.cached_tokens.is_none() {
             self.cached_tokens = Some(u32::try_from(self.computed).unwrap_or(u32::MAX));
         }
@@ -232,7 +231,9 @@ fn validate(
     let max_tokens = sampling.max_tokens as usize;
     if let Some(d) = &request.disaggregated {
         if d.prefill_only && (d.kv_handle.is_some() || !d.generated_token_ids.is_empty()) {
-            return invalid("a prefill-only request carries no KV handle or generated tokens".into());
+            return invalid(
+                "a prefill-only request carries no KV handle or generated tokens".into(),
+            );
         }
         if d.generated_token_ids.len() >= max_tokens.max(1) {
             return invalid(format!(
