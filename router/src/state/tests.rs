@@ -62,7 +62,9 @@ const SPLIT: DisaggConfig = DisaggConfig { max_local_prefill_tokens: 64, max_pre
 fn aggregated_models_never_split() {
     let mut s = state(&[("a", Role::Aggregated), ("b", Role::Aggregated)], SPLIT);
     let h = hashes(64);
-    let chosen = s.select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::NoPrefillInstance));
     assert!(chosen.prefill.is_none());
 }
@@ -71,10 +73,12 @@ fn aggregated_models_never_split() {
 fn a_long_prompt_goes_to_a_prefill_instance_and_the_pair_is_booked() {
     let mut s = state(&[("p", Role::Prefill), ("d", Role::Decode)], SPLIT);
     let h = hashes(64);
-    let chosen = s.select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.place, PrefillPlace::Remote);
     assert_eq!(&*chosen.decode.instance, "d");
-    let prefill = chosen.prefill.clone().unwrap();
+    let prefill = chosen.prefill.clone().expect("present in this test");
     assert_eq!(&*prefill.booking.instance, "p");
     assert_eq!((s.booked_blocks("d"), s.booked_requests("d")), (64, 1));
     assert_eq!((s.booked_blocks("p"), s.booked_requests("p")), (64, 1));
@@ -95,14 +99,17 @@ fn prefill_instances_never_decode() {
 fn a_short_or_cached_prompt_is_prefilled_locally() {
     let mut s = state(&[("p", Role::Prefill), ("d", Role::Decode)], SPLIT);
     let h = hashes(4);
-    let chosen = s.select(&request(&h, 64, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 64, &[]), &KvPolicy::default(), Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::ShortPrompt));
     assert_eq!(s.booked_requests("p"), 0);
     // 1,024 tokens, of which the decode instance caches all but 48.
     let long = hashes(64);
     store(&mut s, "d", &long[..61]);
-    let chosen =
-        s.select(&request(&long, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&long, 1024, &[]), &KvPolicy::default(), Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.decode_overlap_blocks, 61);
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::ShortPrompt));
 }
@@ -114,10 +121,14 @@ fn full_prefill_queues_send_the_prompt_to_the_decode_instance() {
     s.apply_load("p2", load(2));
     let h = hashes(64);
     // p2 is at the limit but not over it: it takes one more.
-    let chosen = s.select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.prefill.map(|p| p.booking.instance), Some("p2".into()));
     s.apply_load("p2", load(3));
-    let chosen = s.select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::PrefillQueuesFull));
     assert!(chosen.prefill.is_none());
 }
@@ -128,7 +139,11 @@ fn bookings_count_toward_a_prefill_queue_before_any_report() {
     let mut s = state(&[("p", Role::Prefill), ("d", Role::Decode)], config);
     let h = hashes(64);
     let places: Vec<PrefillPlace> = (0..3)
-        .map(|_| s.select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO).unwrap().place)
+        .map(|_| {
+            s.select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO)
+                .expect("present in this test")
+                .place
+        })
         .collect();
     assert_eq!(
         places,
@@ -146,9 +161,10 @@ fn the_prefill_instance_holding_the_prefix_wins() {
     let h = hashes(64);
     store(&mut s, "p2", &h[..40]);
     for _ in 0..5 {
-        let chosen =
-            s.select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
-        let prefill = chosen.prefill.clone().unwrap();
+        let chosen = s
+            .select(&request(&h, 1024, &[]), &KvPolicy::default(), Duration::ZERO)
+            .expect("present in this test");
+        let prefill = chosen.prefill.clone().expect("present in this test");
         assert_eq!(&*prefill.booking.instance, "p2");
         assert_eq!(prefill.overlap_blocks, 40);
         s.release(&prefill.booking);
@@ -162,12 +178,14 @@ fn excluded_and_disallowed_instances_are_skipped() {
         state(&[("p", Role::Prefill), ("d1", Role::Decode), ("a", Role::Aggregated)], SPLIT);
     let h = hashes(64);
     let tried: Vec<Arc<str>> = vec!["d1".into(), "p".into()];
-    let chosen = s.select(&request(&h, 1024, &tried), &LeastLoaded, Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &tried), &LeastLoaded, Duration::ZERO)
+        .expect("present in this test");
     assert_eq!(&*chosen.decode.instance, "a");
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::NoPrefillInstance));
     let mut fallback = request(&h, 1024, &[]);
     fallback.allow_remote_prefill = false;
-    let chosen = s.select(&fallback, &LeastLoaded, Duration::ZERO).unwrap();
+    let chosen = s.select(&fallback, &LeastLoaded, Duration::ZERO).expect("present in this test");
     assert_eq!(chosen.place, PrefillPlace::Local(LocalReason::NotAllowed));
 }
 
@@ -175,11 +193,13 @@ fn excluded_and_disallowed_instances_are_skipped() {
 fn departed_instances_leave_and_their_bookings_release_quietly() {
     let mut s = state(&[("p", Role::Prefill), ("d", Role::Decode)], SPLIT);
     let h = hashes(64);
-    let chosen = s.select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO).unwrap();
+    let chosen = s
+        .select(&request(&h, 1024, &[]), &LeastLoaded, Duration::ZERO)
+        .expect("present in this test");
     s.sync([InstanceSpec { instance: "d", model: MODEL, role: Role::Decode }]);
-    assert_eq!(s.index(MODEL).unwrap().instances(), 1);
+    assert_eq!(s.index(MODEL).expect("present in this test").instances(), 1);
     assert!(!s.apply_load("p", load(0)));
-    s.release(&chosen.prefill.unwrap().booking);
+    s.release(&chosen.prefill.expect("present in this test").booking);
     s.release(&chosen.decode);
     assert_eq!(s.booked_requests("d"), 0);
     // A role change is taken in place.
@@ -191,15 +211,19 @@ fn departed_instances_leave_and_their_bookings_release_quietly() {
 fn decisions_stand_in_for_silent_instances_until_their_ttl() {
     let mut s = silent_state(&[("a", Role::Aggregated), ("b", Role::Aggregated)], SPLIT);
     let h = hashes(32);
-    let first = s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::ZERO).unwrap();
+    let first = s
+        .select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::ZERO)
+        .expect("present in this test");
     s.release(&first.decode);
-    let again =
-        s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1)).unwrap();
+    let again = s
+        .select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1))
+        .expect("present in this test");
     assert_eq!(again.decode.instance, first.decode.instance);
     assert_eq!(again.decode_overlap_blocks, 32);
     s.release(&again.decode);
-    let late =
-        s.select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1000)).unwrap();
+    let late = s
+        .select(&request(&h, 512, &[]), &KvPolicy::default(), Duration::from_secs(1000))
+        .expect("present in this test");
     assert_eq!(late.decode_overlap_blocks, 0);
 }
 

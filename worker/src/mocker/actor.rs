@@ -27,7 +27,7 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(5);
 
 /// What the engine asks of its scheduler.
 pub(crate) enum Command {
-    Add(Sequence),
+    Add(Box<Sequence>),
     /// Cache handed-over blocks; replies with how many leading ones are cached.
     Import {
         hashes: Vec<u64>,
@@ -145,7 +145,7 @@ impl Actor {
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             if let Command::Add(seq) = command {
-                self.scheduler.add(seq);
+                self.scheduler.add(*seq);
             }
         }
         self.scheduler.fail_all(
@@ -163,6 +163,7 @@ impl Actor {
     ) {
         match command {
             Command::Add(seq) => {
+                let seq = *seq;
                 let id = seq.id;
                 let cancelled = seq.abort.clone().cancelled_owned();
                 cancels.push(cancelled.map(move |()| id).boxed());

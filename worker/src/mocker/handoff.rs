@@ -186,7 +186,7 @@ mod tests {
         let ms: Vec<f64> = KvLink::ALL.iter().map(|l| l.transfer_ms(bytes)).collect();
         assert!((ms[0] - 1.193).abs() < 0.01, "{ms:?}");
         assert!((ms[3] - 171.8).abs() < 0.1, "{ms:?}");
-        assert_eq!("ib400".parse::<KvLink>().unwrap(), KvLink::Ib400);
+        assert_eq!("ib400".parse::<KvLink>().expect("valid in this test"), KvLink::Ib400);
         assert!("carrier-pigeon".parse::<KvLink>().is_err());
     }
 
@@ -197,7 +197,7 @@ mod tests {
         let data = config.encode(50, 16, &hashes);
         // 50 tokens × 128 KiB / 1024 = 6,400 bytes.
         assert_eq!(data.len(), 6400);
-        config.verify(&data, 50, 16, &hashes).unwrap();
+        config.verify(&data, 50, 16, &hashes).expect("valid in this test");
         let mut bad = data.clone();
         bad[100] ^= 1;
         assert!(config.verify(&bad, 50, 16, &hashes).is_err());

@@ -162,7 +162,7 @@ impl Engine for MockerEngine {
         let abort = cancel.child_token();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seq = Sequence::new(id, &self.config, request, output, abort.clone())?;
-        self.commands.send(Command::Add(seq)).map_err(|_| Error::ShuttingDown)?;
+        self.commands.send(Command::Add(Box::new(seq))).map_err(|_| Error::ShuttingDown)?;
         Ok(Box::pin(OutputStream::new(output_rx, abort)))
     }
 
