@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(t[1].kind, TopologyKind::Disaggregated { prefill: 2, decode: 2 });
         assert_eq!((t[2].name.as_str(), t[2].workers), ("1p3d", 4));
         assert_eq!(t[4].kind, TopologyKind::Disaggregated { prefill: 12, decode: 4 });
-        assert_eq!(t[3].up_flags(), ["--prefill-workers", "1", "--decode-workers", "3"]);
+        assert_eq!(t[2].up_flags(), ["--prefill-workers", "1", "--decode-workers", "3"]);
         assert!(parse_list("0p1d").is_err());
         assert!(parse_list("1p0d").is_err());
         assert!(parse_list("pd").is_err());
