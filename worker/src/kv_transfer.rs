@@ -28,6 +28,10 @@ use crate::{Engine, Error, Result};
 /// per-message overhead is noise.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// HTTP/2 flow-control windows of KvTransfer connections: a whole chunk in flight without
+/// waiting for window updates (HTTP/2's default is 64 KiB).
+const WINDOW_BYTES: u32 = 4 << 20;
+
 /// Seconds one pull and import took, on the decode worker.
 pub const TRANSFER_SECONDS: &str = "switchyard_worker_kv_transfer_seconds";
 /// Bytes pulled from prefill workers (what travelled, not the engine's full size).
@@ -45,6 +49,8 @@ pub async fn serve(
     // Decode workers keep their connections open between pulls, so after shutdown the
     // server gets a short grace for pulls under way, then is dropped with its connections.
     let server = Server::builder()
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
         .add_service(KvTransferServer::new(service))
         .serve_with_incoming(accept_until(listener, shutdown.clone()));
     let mut server = std::pin::pin!(server);
@@ -169,7 +175,9 @@ impl KvPuller {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::Engine(format!("KV transfer address {address:?}: {e}")))?
             .connect_timeout(self.timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(WINDOW_BYTES)
+            .initial_connection_window_size(WINDOW_BYTES);
         let channel = endpoint.connect().await.map_err(|e| {
             Error::Engine(format!("connecting to the KV transfer service at {address}: {e}"))
         })?;

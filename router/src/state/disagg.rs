@@ -17,7 +17,7 @@ pub struct DisaggConfig {
 
 impl Default for DisaggConfig {
     fn default() -> Self {
-        DisaggConfig { max_local_prefill_tokens: 256, max_prefill_queue: 2 }
+        DisaggConfig { max_local_prefill_tokens: 16, max_prefill_queue: 2 }
     }
 }
 
