@@ -263,52 +263,53 @@ impl RoutingState {
         let info = RequestInfo::new(request.block_hashes, request.prompt_tokens);
         let excluded = |e: &Entry| request.exclude.iter().any(|x| **x == *e.name);
 
-        let mut positions = Vec::with_capacity(routes.instances.len());
-        let mut candidates = Vec::with_capacity(routes.instances.len());
+        // One pass sorts the usable instances into decode and prefill candidates; the
+        // prefill side is scored only if the request is split.
+        let n = routes.instances.len();
+        let (mut decode_at, mut decoders) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut prefill_at, mut prefillers) = (Vec::new(), Vec::new());
         for (at, entry) in routes.instances.iter().enumerate() {
-            if entry.role.decodes() && !excluded(entry) {
-                positions.push(at);
-                candidates.push(entry.candidate(scores.get(entry.handle)));
+            if excluded(entry) {
+                continue;
+            }
+            let candidate = entry.candidate(scores.get(entry.handle));
+            if entry.role.decodes() {
+                decode_at.push(at);
+                decoders.push(candidate);
+            } else {
+                prefill_at.push(at);
+                prefillers.push(candidate);
             }
         }
-        let chosen = policy.select(&candidates, &info).filter(|&c| c < candidates.len())?;
-        let decode_at = positions[chosen];
-        let decode_overlap = candidates[chosen].overlap_blocks;
-        drop(candidates);
+        let chosen = policy.select(&decoders, &info).filter(|&c| c < decoders.len())?;
+        let decode_overlap = decoders[chosen].overlap_blocks;
+        let decode_at = decode_at[chosen];
 
         let blocks = prompt_blocks(request);
         let cached_tokens = (decode_overlap as usize).saturating_mul(request.block_size);
         let uncached = request.prompt_tokens.saturating_sub(cached_tokens);
-        let mut prefill = None;
         let place = if request.allow_remote_prefill {
-            let queues = routes
-                .instances
-                .iter()
-                .filter(|e| e.role == Role::Prefill && !excluded(e))
-                .map(|e| e.candidate(0).requests());
-            disagg.place(uncached, queues)
+            disagg.place(uncached, prefillers.iter().map(Candidate::requests))
         } else {
             PrefillPlace::Local(LocalReason::NotAllowed)
         };
+        let mut prefill = None;
         let place = match place {
             PrefillPlace::Remote => {
-                positions.clear();
-                let mut candidates = Vec::new();
-                for (at, entry) in routes.instances.iter().enumerate() {
-                    if entry.role != Role::Prefill || excluded(entry) {
-                        continue;
-                    }
-                    let candidate = entry.candidate(scores.get(entry.handle));
-                    if disagg.accepts(candidate.requests()) {
-                        positions.push(at);
-                        candidates.push(candidate);
-                    }
+                // Those over the queue limit are out (rarely any: `place` saw one under it).
+                if prefillers.iter().any(|c| !disagg.accepts(c.requests())) {
+                    let keep: Vec<bool> =
+                        prefillers.iter().map(|c| disagg.accepts(c.requests())).collect();
+                    let mut kept = keep.iter();
+                    prefill_at.retain(|_| kept.next().copied().unwrap_or(false));
+                    let mut kept = keep.iter();
+                    prefillers.retain(|_| kept.next().copied().unwrap_or(false));
                 }
-                match policy.select(&candidates, &info).filter(|&c| c < candidates.len()) {
+                match policy.select(&prefillers, &info).filter(|&c| c < prefillers.len()) {
                     Some(c) => {
-                        let overlap_blocks = candidates[c].overlap_blocks;
-                        let at = positions[c];
-                        drop(candidates);
+                        let overlap_blocks = prefillers[c].overlap_blocks;
+                        let at = prefill_at[c];
+                        drop((decoders, prefillers));
                         let booking = routes.book(at, blocks, request.block_hashes, now, ttl);
                         prefill = Some(PrefillChoice { booking, overlap_blocks });
                         PrefillPlace::Remote
