@@ -32,6 +32,8 @@ pub(crate) struct Dispatched {
     pub stream: ChunkStream,
     /// What the request booked on its instance, held while the response is read.
     pub in_flight: Option<Reservation>,
+    /// The instance serving it (with a split, the decode instance).
+    pub instance_id: String,
 }
 
 /// Where and how to send one request. Cheap to clone: the decode half of a split request
@@ -52,6 +54,8 @@ pub(crate) struct Dispatch {
 
 /// What a prefill instance returned.
 struct Prefilled {
+    /// The prefill instance.
+    instance: String,
     tokens: Vec<u32>,
     finish: FinishReason,
     usage: Option<Usage>,
@@ -69,7 +73,8 @@ impl Dispatch {
         }
         let attempts = self.max_attempts.clamp(1, self.model.instances.len());
         let mut tried: Vec<Arc<str>> = Vec::new();
-        let mut allow_remote = true;
+        // Embedding requests have no decode half.
+        let mut allow_remote = !request.embed;
         for attempt in 0..attempts {
             let Some(routed) = self.select(&request, &tried, allow_remote) else {
                 break;
@@ -159,6 +164,7 @@ impl Dispatch {
                     return Err("no_token");
                 }
                 return Ok(Prefilled {
+                    instance: instance.record.instance_id.clone(),
                     tokens,
                     finish,
                     usage: chunk.usage,
@@ -195,6 +201,7 @@ impl Dispatch {
                 first,
                 stream: Box::pin(futures::stream::empty()),
                 in_flight: None,
+                instance_id: prefilled.instance,
             };
         }
         let cached_tokens = prefilled.usage.map(|u| u.cached_tokens);
@@ -210,6 +217,7 @@ impl Dispatch {
             kv_handle: prefilled.handle,
             generated_token_ids: prefilled.tokens,
         });
+        let instance_id = decode.instance().to_string();
         let handed_off = Instant::now();
         let decode = async move {
             let stream = self.decode(request, decode, tried).await;
@@ -226,7 +234,7 @@ impl Dispatch {
                 chunk
             })
         });
-        Dispatched { first, stream: Box::pin(stream), in_flight: None }
+        Dispatched { first, stream: Box::pin(stream), in_flight: None, instance_id }
     }
 
     /// The decode half: on the chosen instance, or another one if it cannot take it. Errors
@@ -249,7 +257,7 @@ impl Dispatch {
             };
             tried.push(reservation.instance().clone());
             match self.try_instance(request.clone(), reservation).await {
-                Ok(Some(Dispatched { first, stream, in_flight })) => {
+                Ok(Some(Dispatched { first, stream, in_flight, .. })) => {
                     let rest = stream.map(move |chunk| {
                         let _held = &in_flight;
                         chunk
@@ -308,7 +316,8 @@ impl Dispatch {
             return Ok(None);
         }
         instance.requests.increment(1);
-        Ok(Some(Dispatched { first, stream, in_flight: Some(reservation) }))
+        let instance_id = record.instance_id.clone();
+        Ok(Some(Dispatched { first, stream, in_flight: Some(reservation), instance_id }))
     }
 }
 

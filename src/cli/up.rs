@@ -319,6 +319,12 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
         flag("model-name", name.clone());
     }
     flag("drain-timeout-secs", serve.drain_timeout_secs.to_string());
+    if let Some(parser) = serve.reasoning_parser {
+        flag("reasoning-parser", parser.name().to_owned());
+    }
+    if let Some(parser) = serve.tool_call_parser {
+        flag("tool-call-parser", parser.name().to_owned());
+    }
     flag("block-size", m.block_size.to_string());
     flag("num-gpu-blocks", m.num_gpu_blocks.to_string());
     flag("max-num-seqs", m.max_num_seqs.to_string());
@@ -332,6 +338,12 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("kv-link", m.kv_link.to_string());
     flag("kv-lease-secs", m.kv_lease_secs.to_string());
     flag("kv-pull-timeout-secs", serve.kv_pull_timeout_secs.to_string());
+    if let Some(path) = &m.replay_output {
+        args.extend([
+            "--replay-output".into(),
+            std::path::absolute(path).unwrap_or_else(|_| path.clone()).into(),
+        ]);
+    }
     args
 }
 

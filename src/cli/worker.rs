@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::plane::{PlaneArgs, PlaneKind};
 use super::store::StoreArgs;
 use crate::env_names as env;
+use switchyard_frontend::{ReasoningParserKind, ToolParserKind};
 
 /// What a worker does in serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -81,6 +82,15 @@ pub struct ServeArgs {
     /// request is prefilled here instead.
     #[arg(long, env = env::KV_PULL_TIMEOUT_SECS, default_value_t = 10)]
     pub kv_pull_timeout_secs: u64,
+    /// How the model marks its reasoning, split into `reasoning_content` by frontends:
+    /// qwen3, deepseek-r1, gpt-oss.
+    #[arg(long, env = env::REASONING_PARSER)]
+    pub reasoning_parser: Option<ReasoningParserKind>,
+
+    /// How the model writes tool calls, returned as `tool_calls` by frontends: hermes,
+    /// llama3_json, mistral, pythonic, gpt-oss.
+    #[arg(long, env = env::TOOL_CALL_PARSER)]
+    pub tool_call_parser: Option<ToolParserKind>,
 
     #[command(flatten)]
     pub mocker: MockerArgs,
@@ -140,6 +150,10 @@ pub struct MockerArgs {
     /// Seconds a prefill worker holds a hand-off's KV blocks for its pull.
     #[arg(long = "kv-lease-secs", env = env::MOCKER_KV_LEASE_SECS, default_value_t = 30)]
     pub kv_lease_secs: u64,
+    /// A JSON list of recorded output texts to replay instead of random tokens: a request
+    /// gets entry `seed mod N` (entry 0 without a seed), tokenized, then EOS.
+    #[arg(long = "replay-output", env = env::MOCKER_REPLAY_OUTPUT)]
+    pub replay_output: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -268,6 +282,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     config.kv_pull_timeout = Duration::from_secs(args.kv_pull_timeout_secs);
+    config.reasoning_parser = args.reasoning_parser.map(|p| p.name().to_owned());
+    config.tool_call_parser = args.tool_call_parser.map(|p| p.name().to_owned());
     let engine_stop = CancellationToken::new();
     let engine = start_engine(args, engine_stop.clone()).await?;
     let result =
@@ -284,6 +300,7 @@ async fn start_engine(
     let files = tokio::task::spawn_blocking(move || ModelFiles::resolve(&source))
         .await?
         .with_context(|| format!("loading model {}", args.model_path))?;
+    switchyard_frontend::check_chat_template(&files)?;
     let name = args.served_name();
     // Frontends in other processes resolve the tokenizer from this; a relative directory
     // would mean something else in their working directory.
@@ -313,6 +330,7 @@ async fn start_engine(
                     link: m.kv_link,
                     lease: Duration::from_secs(m.kv_lease_secs),
                 },
+                replay: replay_outputs(m.replay_output.as_deref(), &files)?,
                 ..MockerConfig::default()
             };
             let card = ModelCard {
@@ -322,10 +340,34 @@ async fn start_engine(
                 kv_block_size: m.block_size,
                 kv_total_blocks: m.num_gpu_blocks,
                 engine: "mocker".to_owned(),
+                ..ModelCard::default()
             };
             let engine = MockerEngine::start(config, card, shutdown)
                 .context("starting the mocker engine")?;
             Ok(Arc::new(engine))
         }
     }
+}
+
+/// The token ids of each recorded output in `path` (a JSON list of strings).
+fn replay_outputs(
+    path: Option<&std::path::Path>,
+    files: &ModelFiles,
+) -> anyhow::Result<Vec<Arc<[u32]>>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let texts: Vec<String> = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{}: expected a JSON list of strings", path.display()))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("loading the tokenizer: {e}"))?;
+    texts
+        .iter()
+        .map(|text| {
+            let encoding = tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing a replayed output: {e}"))?;
+            Ok(Arc::from(encoding.get_ids()))
+        })
+        .collect()
 }

@@ -44,6 +44,9 @@ pub trait Engine: Send + Sync + 'static {
     /// beforehand through [`KvTransferEngine::import_kv`] when the engine has one, otherwise
     /// moved by the engine itself from `engine_params`; without that KV it computes the
     /// prompt itself, with the same output.
+    ///
+    /// An engine whose card says `embeddings` answers a request with `embed` set by one final chunk
+    /// carrying the prompt's `embedding` (the worker refuses `embed` for the others).
     async fn generate(
         &self,
         request: GenerateRequest,

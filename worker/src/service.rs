@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     /// Longest wait for one KV pull from a prefill worker (connection included); after it
     /// the request is prefilled here.
     pub kv_pull_timeout: Duration,
+    /// Output parsers the frontend applies to this model's text, published in the card
+    /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
+    pub reasoning_parser: Option<String>,
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +64,8 @@ impl Default for WorkerConfig {
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
             kv_pull_timeout: Duration::from_secs(10),
+            reasoning_parser: None,
+            tool_call_parser: None,
         }
     }
 }
@@ -163,12 +169,19 @@ pub async fn serve(
         }
         None => String::new(),
     };
+    let mut card = engine.card().clone();
+    if let Some(parser) = &config.reasoning_parser {
+        card.reasoning_parser.clone_from(parser);
+    }
+    if let Some(parser) = &config.tool_call_parser {
+        card.tool_call_parser.clone_from(parser);
+    }
     let record = InstanceRecord {
         instance_id: instance_id.clone(),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
         address: listener.address(config.advertise_host.as_deref())?,
-        card: Some(engine.card().clone()),
+        card: Some(card),
         transport: listener.transport().to_owned(),
         kv_transfer_address: kv_transfer_address.clone(),
     };
@@ -299,6 +312,11 @@ impl GenerateHandler for WorkerHandler {
     async fn generate(&self, mut request: GenerateRequest) -> ChunkStream {
         if self.draining.is_cancelled() {
             return error_stream(&Error::ShuttingDown);
+        }
+        if request.embed && !self.engine.card().embeddings {
+            return error_stream(&Error::InvalidRequest(
+                "this worker's engine does not serve embeddings".to_owned(),
+            ));
         }
         let in_flight = self.in_flight.token();
         self.take_handed_over_kv(&mut request).await;

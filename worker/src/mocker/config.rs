@@ -41,6 +41,10 @@ pub struct MockerConfig {
     pub profile: TimingProfile,
     /// Size, scaling and link of prefill/decode KV hand-offs.
     pub handoff: HandoffConfig,
+    /// Recorded outputs to replay instead of random tokens: a request's output is entry
+    /// `seed mod len` (entry 0 without a seed), then EOS. For exercising clients and output
+    /// parsers with real models' outputs; empty for random tokens.
+    pub replay: Vec<std::sync::Arc<[u32]>>,
 }
 
 impl Default for MockerConfig {
@@ -61,6 +65,7 @@ impl Default for MockerConfig {
             context_length: 8_192,
             profile: TimingProfile::default(),
             handoff: HandoffConfig::default(),
+            replay: Vec::new(),
         }
     }
 }
