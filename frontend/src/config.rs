@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_router::{PolicyConfig, PolicyKind};
+use switchyard_router::{DisaggConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::events::EventSubscriber;
 
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
@@ -19,6 +19,11 @@ pub struct FrontendConfig {
     pub events: Option<Arc<dyn EventSubscriber>>,
     /// How long a routing decision stands in for the KV events of a worker that sends none.
     pub kv_decision_ttl: Duration,
+    /// When a model with prefill instances has a request prefilled on its decode instance.
+    pub disagg: DisaggConfig,
+    /// Longest wait for a prefill instance's first token and KV handle; after it the decode
+    /// instance prefills the request itself.
+    pub prefill_timeout: Duration,
     /// Largest request body accepted; bigger ones get 413 before they are parsed.
     pub max_body_bytes: usize,
     /// Bound on a whole request, from the body read to the last streamed byte, so nothing
@@ -39,6 +44,8 @@ impl Default for FrontendConfig {
             policy: PolicyConfig::default(),
             events: None,
             kv_decision_ttl: Duration::from_secs(120),
+            disagg: DisaggConfig::default(),
+            prefill_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_attempts: 3,
@@ -54,6 +61,8 @@ impl fmt::Debug for FrontendConfig {
             .field("policy", &self.policy)
             .field("events", &self.events.as_ref().map(|_| "subscriber"))
             .field("kv_decision_ttl", &self.kv_decision_ttl)
+            .field("disagg", &self.disagg)
+            .field("prefill_timeout", &self.prefill_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout", &self.request_timeout)
             .field("max_attempts", &self.max_attempts)

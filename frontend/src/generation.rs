@@ -12,9 +12,10 @@ use tokio::time::timeout_at;
 
 use crate::detokenize::Detokenizer;
 use crate::error::Error;
+use crate::kv_router::Reservation;
 use crate::metrics::RequestTracker;
 use crate::openai::response::{Nvext, NvextTiming, Usage};
-use crate::routing::{Dispatched, InFlightGuard};
+use crate::routing::Dispatched;
 use crate::stop::StopMatcher;
 
 /// How a response ended well.
@@ -38,7 +39,7 @@ pub(crate) struct Generation {
     first: Option<GenerateChunk>,
     /// The worker's chunks; replaced by an empty stream (cancelling the work) once finished.
     stream: ChunkStream,
-    in_flight: Option<InFlightGuard>,
+    in_flight: Option<Reservation>,
     detokenizer: Detokenizer,
     stop: StopMatcher,
     /// One token's text, before stop matching.
@@ -79,7 +80,7 @@ impl Generation {
         Generation {
             first: Some(dispatched.first),
             stream: dispatched.stream,
-            in_flight: Some(dispatched.in_flight),
+            in_flight: dispatched.in_flight,
             detokenizer: setup.detokenizer,
             stop: StopMatcher::new(setup.stop),
             scratch: String::new(),

@@ -1,90 +1,83 @@
-//! The frontend's view of the workers' KV caches and load, owned here behind one briefly held
-//! lock: a [`KvIndex`] per model and the latest [`LoadReport`] per instance, fed by the event
-//! plane, plus the KV blocks this frontend predicts its own in-flight requests occupy.
+//! The frontend's side of routing: one [`RoutingState`] (the router crate's per-model KV
+//! indexes, loads, bookings and pair choice) behind a briefly held lock, the task that feeds
+//! it discovery changes and the workers' events, and the routing metrics.
 //!
-//! One task ([`KvRouter::run`]) follows discovery (instances that leave are dropped from the
-//! index) and applies workers' events. Routing ([`KvRouter::select`]) fills each candidate
-//! from the index and the load, asks the policy, and books the chosen instance's predicted
-//! blocks under the same lock, so consecutive decisions see each other. Workers that send no
-//! KV events are tracked approximately: each decision is recorded in the index with a TTL.
+//! [`KvRouter::run`] follows discovery and applies workers' events, asking a worker for a
+//! snapshot when its events show a gap. [`KvRouter::select`] asks the state for a decision
+//! and hands back [`Reservation`]s that give the bookings back when dropped.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_proto::worker_event::Event;
-use switchyard_proto::{KvSnapshot, LoadReport, WorkerEvent, kv_event};
+use switchyard_proto::{KvSnapshot, WorkerEvent, kv_event};
 use switchyard_router::{
-    Applied, Candidate, InstanceId, KvChange, KvEvent, KvIndex, Policy, RequestInfo, ResyncReason,
+    Applied, Booking, InstanceLoad, InstanceSpec, KvChange, KvEvent, Policy, PrefillPlace,
+    ResyncReason, Role, RouteRequest, RoutingConfig, RoutingState,
 };
 use switchyard_runtime::events::{EventStream, EventSubscriber};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{
-    ROUTER_DECISION_TIME, ROUTER_INDEXED_INSTANCES, ROUTER_OVERLAP_BLOCKS, ROUTER_PREDICTED_BLOCKS,
-    ROUTER_RESYNC_NEEDED, ROUTER_SNAPSHOT_REQUESTS, ROUTER_SNAPSHOTS_APPLIED,
+    PREFILLS_TOTAL, ROUTER_DECISION_TIME, ROUTER_INDEXED_INSTANCES, ROUTER_OVERLAP_BLOCKS,
+    ROUTER_PREDICTED_BLOCKS, ROUTER_RESYNC_NEEDED, ROUTER_SNAPSHOT_REQUESTS,
+    ROUTER_SNAPSHOTS_APPLIED,
 };
-use crate::models::{ModelEntry, ModelTable};
+use crate::models::ModelTable;
 
 /// Least time between two snapshot requests to one instance.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait to send a snapshot request.
 const SNAPSHOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The KV indexes and load of every model's instances.
+/// The routing state of every model's instances.
 #[derive(Debug)]
 pub(crate) struct KvRouter {
-    state: Mutex<State>,
-    /// Origin of the monotonic time the index's decision TTLs count in.
+    state: Mutex<RoutingState>,
+    /// Origin of the monotonic time the state's decision TTLs count in.
     epoch: Instant,
-    decision_ttl: Duration,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    indexes: HashMap<String, KvIndex>,
-    /// Model of each instance in discovery.
-    owners: HashMap<String, String>,
-    loads: HashMap<String, LoadReport>,
-    /// KV blocks of this frontend's in-flight requests, per instance.
-    predicted: HashMap<String, u64>,
-}
-
-/// The predicted KV blocks of one in-flight request, released when it is dropped.
+/// What one request booked on one instance, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     router: Arc<KvRouter>,
-    instance: String,
-    blocks: u64,
+    booking: Booking,
+}
+
+impl Reservation {
+    pub fn instance(&self) -> &Arc<str> {
+        &self.booking.instance
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut state = self.router.lock();
-        if let Some(predicted) = state.predicted.get_mut(&self.instance) {
-            *predicted = predicted.saturating_sub(self.blocks);
-            predicted_gauge(&self.instance).set(*predicted as f64);
-        }
-        // The last load report lags by up to the worker's poll interval and may still count
-        // the request that just ended; the next report corrects this guess either way.
-        if let Some(load) = state.loads.get_mut(&self.instance) {
-            load.active_kv_blocks = load.active_kv_blocks.saturating_sub(self.blocks);
-            load.active_requests = load.active_requests.saturating_sub(1);
-        }
+        state.release(&self.booking);
+        let booked = state.booked_blocks(&self.booking.instance);
+        drop(state);
+        predicted_gauge(&self.booking.instance).set(booked as f64);
     }
 }
 
+/// A routing decision with its bookings.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub decode: Reservation,
+    /// Set when a prefill instance computes the prompt first.
+    pub prefill: Option<Reservation>,
+}
+
 impl KvRouter {
-    /// `decision_ttl`: how long a decision stands in for the KV events of a worker that sends
-    /// none.
-    pub fn new(decision_ttl: Duration) -> KvRouter {
-        KvRouter { state: Mutex::default(), epoch: Instant::now(), decision_ttl }
+    pub fn new(config: RoutingConfig) -> KvRouter {
+        KvRouter { state: Mutex::new(RoutingState::new(config)), epoch: Instant::now() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, RoutingState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -129,43 +122,19 @@ impl KvRouter {
 
     /// Registers the instances of `table` and forgets those no longer in it.
     pub fn sync(&self, table: &ModelTable) {
+        let specs = table.iter().flat_map(|model| {
+            model.all_instances().map(move |instance| InstanceSpec {
+                instance: &instance.record.instance_id,
+                model: &model.name,
+                role: role_of(&instance.record),
+            })
+        });
         let mut state = self.lock();
-        let State { indexes, owners, loads, predicted } = &mut *state;
-        let mut live: HashMap<String, String> = HashMap::new();
-        for model in table.iter() {
-            let index = indexes.entry(model.name.clone()).or_default();
-            for instance in &model.instances {
-                index.add_instance(&instance.record.instance_id);
-                live.insert(instance.record.instance_id.clone(), model.name.clone());
-            }
+        state.sync(specs);
+        for (model, instances) in state.indexed_instances() {
+            metrics::gauge!(ROUTER_INDEXED_INSTANCES, "model" => model.to_owned())
+                .set(instances as f64);
         }
-        for (instance, model) in owners.iter() {
-            if live.get(instance) == Some(model) {
-                continue;
-            }
-            if let Some(index) = indexes.get_mut(model)
-                && let Some(id) = index.instance(instance)
-            {
-                index.remove_instance(id);
-                tracing::debug!(
-                    instance,
-                    model,
-                    "instance left discovery; dropped from the KV index"
-                );
-            }
-            if !live.contains_key(instance) {
-                loads.remove(instance);
-            }
-        }
-        // Requests still in flight to a departed instance release their blocks when they end.
-        predicted.retain(|instance, blocks| *blocks > 0 || live.contains_key(instance));
-        let models: HashSet<&String> = live.values().collect();
-        indexes.retain(|model, _| models.contains(model));
-        for (model, index) in indexes.iter() {
-            metrics::gauge!(ROUTER_INDEXED_INSTANCES, "model" => model.clone())
-                .set(index.instances() as f64);
-        }
-        *owners = live;
     }
 
     /// Applies one worker event. Returns the instance when the event showed that the index
@@ -173,18 +142,17 @@ impl KvRouter {
     pub fn apply(&self, event: WorkerEvent) -> Option<String> {
         let instance = event.instance_id;
         let mut state = self.lock();
-        let State { indexes, owners, loads, .. } = &mut *state;
         match event.event {
-            Some(Event::Load(load)) if owners.contains_key(&instance) => {
-                loads.insert(instance, load);
+            Some(Event::Load(load)) => {
+                let load = InstanceLoad {
+                    active_requests: load.active_requests,
+                    waiting_requests: load.waiting_requests,
+                    active_kv_blocks: load.active_kv_blocks,
+                    total_kv_blocks: load.total_kv_blocks,
+                };
+                state.apply_load(&instance, load);
             }
             Some(Event::Kv(kv)) => {
-                let Some(index) = owners.get(&instance).and_then(|model| indexes.get_mut(model))
-                else {
-                    tracing::debug!(instance, "KV event of an instance not in discovery; ignored");
-                    return None;
-                };
-                let id = index.add_instance(&instance);
                 let change = match &kv.data {
                     Some(kv_event::Data::Stored(stored)) => KvChange::Stored {
                         parent: stored.parent_hash,
@@ -195,17 +163,23 @@ impl KvRouter {
                     }
                     Some(kv_event::Data::Cleared(_)) => KvChange::Cleared,
                     Some(kv_event::Data::Snapshot(snapshot)) => {
-                        resync(index, id, &instance, kv.event_id, snapshot);
+                        resync(&mut state, &instance, kv.event_id, snapshot);
                         return None;
                     }
                     None => return None,
                 };
-                match index.apply(id, &KvEvent { event_id: kv.event_id, change }) {
+                match state.apply_kv(&instance, &KvEvent { event_id: kv.event_id, change }) {
+                    None => {
+                        tracing::debug!(
+                            instance,
+                            "KV event of an instance not in discovery; ignored"
+                        );
+                    }
                     // A snapshot would not fit either: the index keeps what fits.
-                    Ok(Applied::ResyncNeeded(reason @ ResyncReason::OverCapacity { .. })) => {
+                    Some(Ok(Applied::ResyncNeeded(reason @ ResyncReason::OverCapacity { .. }))) => {
                         tracing::warn!(instance, ?reason, "KV index of an instance is full");
                     }
-                    Ok(Applied::ResyncNeeded(reason)) => {
+                    Some(Ok(Applied::ResyncNeeded(reason))) => {
                         tracing::debug!(
                             instance,
                             ?reason,
@@ -214,80 +188,55 @@ impl KvRouter {
                         metrics::counter!(ROUTER_RESYNC_NEEDED).increment(1);
                         return Some(instance);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(instance, error = %e, "KV event not applied"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::debug!(instance, error = %e, "KV event not applied"),
                 }
             }
-            Some(Event::Load(_)) | None => {}
+            None => {}
         }
         None
     }
 
-    /// Picks one of `allowed` (indices into `model.instances`) with `policy`, and books the
-    /// request's predicted KV blocks on it. Returns the index into `model.instances`.
+    /// Asks the routing state where `request` goes, with `policy`, and books it there.
     pub fn select(
         self: &Arc<Self>,
-        model: &ModelEntry,
-        allowed: &[usize],
+        request: &RouteRequest<'_>,
         policy: &dyn Policy,
-        info: &RequestInfo<'_>,
-    ) -> Option<(usize, Reservation)> {
+    ) -> Option<Routed> {
         let started = Instant::now();
-        let blocks = prompt_blocks(info, model.kv_block_size);
         let mut state = self.lock();
-        let State { indexes, loads, predicted, .. } = &mut *state;
-        let index = indexes.get_mut(&model.name);
-        let scores = index.as_ref().map(|index| index.find_matches(info.block_hashes));
-        let candidates: Vec<Candidate<'_>> = allowed
-            .iter()
-            .filter_map(|&i| model.instances.get(i))
-            .map(|instance| {
-                let id = instance.record.instance_id.as_str();
-                let mut candidate = Candidate::new(id, instance.in_flight.load(Ordering::Relaxed));
-                if let (Some(index), Some(scores)) = (&index, &scores)
-                    && let Some(handle) = index.instance(id)
-                {
-                    candidate.overlap_blocks = scores.get(handle);
-                }
-                let own = predicted.get(id).copied().unwrap_or(0);
-                candidate.active_decode_blocks = own;
-                if let Some(load) = loads.get(id) {
-                    candidate.active_requests = load.active_requests;
-                    candidate.waiting_requests = load.waiting_requests;
-                    candidate.active_decode_blocks = load.active_kv_blocks.max(own);
-                    if load.total_kv_blocks > 0 {
-                        candidate.kv_usage =
-                            (load.active_kv_blocks as f64 / load.total_kv_blocks as f64) as f32;
-                    }
-                }
-                candidate
-            })
-            .collect();
-        if candidates.len() != allowed.len() {
-            return None;
-        }
-        let chosen = policy.select(&candidates, info).filter(|&c| c < candidates.len())?;
-        let overlap = candidates[chosen].overlap_blocks;
-        let position = allowed[chosen];
-        let instance = model.instances[position].record.instance_id.clone();
-        drop(candidates);
-        let booked = predicted.entry(instance.clone()).or_default();
-        *booked = booked.saturating_add(blocks);
-        let booked = *booked;
-        if let Some(index) = index
-            && let Some(handle) = index.instance(&instance)
-        {
-            let now = self.epoch.elapsed();
-            if let Err(e) = index.record_decision(handle, info.block_hashes, now, self.decision_ttl)
-            {
-                tracing::debug!(instance, error = %e, "decision not recorded");
-            }
-        }
+        let chosen = state.select(request, policy, self.epoch.elapsed())?;
+        let decode_booked = state.booked_blocks(&chosen.decode.instance);
+        let prefill_booked =
+            chosen.prefill.as_ref().map(|p| state.booked_blocks(&p.booking.instance));
         drop(state);
-        predicted_gauge(&instance).set(booked as f64);
+        predicted_gauge(&chosen.decode.instance).set(decode_booked as f64);
+        if let (Some(prefill), Some(booked)) = (&chosen.prefill, prefill_booked) {
+            predicted_gauge(&prefill.booking.instance).set(booked as f64);
+        }
+        let overlap =
+            chosen.prefill.as_ref().map_or(chosen.decode_overlap_blocks, |p| p.overlap_blocks);
         metrics::histogram!(ROUTER_OVERLAP_BLOCKS).record(f64::from(overlap));
         metrics::histogram!(ROUTER_DECISION_TIME).record(started.elapsed().as_secs_f64());
-        Some((position, Reservation { router: self.clone(), instance, blocks }))
+        let (place, reason) = match chosen.place {
+            PrefillPlace::Remote => ("remote", "split"),
+            PrefillPlace::Local(reason) => ("local", reason.name()),
+        };
+        metrics::counter!(PREFILLS_TOTAL, "place" => place, "reason" => reason).increment(1);
+        Some(Routed {
+            decode: Reservation { router: self.clone(), booking: chosen.decode },
+            prefill: chosen
+                .prefill
+                .map(|p| Reservation { router: self.clone(), booking: p.booking }),
+        })
+    }
+}
+
+fn role_of(record: &switchyard_proto::InstanceRecord) -> Role {
+    match record.role() {
+        switchyard_proto::Role::Aggregated => Role::Aggregated,
+        switchyard_proto::Role::Prefill => Role::Prefill,
+        switchyard_proto::Role::Decode => Role::Decode,
     }
 }
 
@@ -312,32 +261,22 @@ async fn ask_for_snapshot(
     }
 }
 
-/// Replaces what `index` holds for `id` with `snapshot`, taken by the worker as its event
-/// `event_id`, unless the index already applied later events.
-fn resync(
-    index: &mut KvIndex,
-    id: InstanceId,
-    instance: &str,
-    event_id: u64,
-    snapshot: &KvSnapshot,
-) {
-    if index.next_event_id(id).is_some_and(|next| event_id < next) {
-        tracing::debug!(instance, event_id, "KV snapshot older than the events applied; ignored");
-        return;
-    }
+/// Replaces what the state holds for `instance` with `snapshot`, taken by the worker as its
+/// event `event_id`, unless the state already applied later events.
+fn resync(state: &mut RoutingState, instance: &str, event_id: u64, snapshot: &KvSnapshot) {
     let chains =
         snapshot.chains.iter().map(|chain| (chain.parent_hash, chain.block_hashes.as_slice()));
-    match index.resync(id, event_id.saturating_add(1), chains) {
-        Ok(fits) => {
+    match state.resync(instance, event_id, chains) {
+        None => tracing::debug!(instance, "KV snapshot of an instance not in discovery; ignored"),
+        Some(Ok(true)) => {
             metrics::counter!(ROUTER_SNAPSHOTS_APPLIED).increment(1);
-            if !fits {
-                tracing::warn!(
-                    instance,
-                    "KV snapshot larger than the index allows; kept what fits"
-                );
-            }
         }
-        Err(e) => tracing::debug!(instance, error = %e, "KV snapshot not applied"),
+        Some(Ok(false)) => tracing::debug!(
+            instance,
+            event_id,
+            "KV snapshot older than the events applied, or larger than the index allows"
+        ),
+        Some(Err(e)) => tracing::debug!(instance, error = %e, "KV snapshot not applied"),
     }
 }
 
@@ -346,16 +285,6 @@ async fn next_event(events: &mut Option<EventStream>) -> Option<WorkerEvent> {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// KV blocks a prompt occupies, the partial last block included.
-fn prompt_blocks(info: &RequestInfo<'_>, block_size: usize) -> u64 {
-    let blocks = if block_size > 0 {
-        info.prompt_tokens.div_ceil(block_size)
-    } else {
-        info.block_hashes.len()
-    };
-    u64::try_from(blocks).unwrap_or(u64::MAX)
 }
 
 fn predicted_gauge(instance: &str) -> metrics::Gauge {

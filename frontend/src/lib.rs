@@ -45,7 +45,8 @@ use tokio_util::task::TaskTracker;
 pub use config::FrontendConfig;
 pub use error::Error;
 pub use parsers::{ReasoningParserKind, ToolParserKind};
-pub use switchyard_router::PolicyKind;
+use switchyard_router::RoutingConfig;
+pub use switchyard_router::{DisaggConfig, PolicyKind};
 
 use crate::handlers::AppState;
 use crate::kv_router::KvRouter;
@@ -97,9 +98,15 @@ pub async fn serve(
         Some(subscriber) => Some(subscriber.subscribe().await.map_err(Error::Events)?),
         None => None,
     };
-    let kv = Arc::new(KvRouter::new(config.kv_decision_ttl));
+    config
+        .disagg
+        .validate()
+        .map_err(|e| Error::Internal(format!("invalid disaggregation settings: {e}")))?;
+    let routing = RoutingConfig { decision_ttl: config.kv_decision_ttl, disagg: config.disagg };
+    let kv = Arc::new(KvRouter::new(routing));
     tasks.spawn(kv.clone().run(registry.changes(), config.events.clone(), events, stop.clone()));
 
+    let policy = Arc::from(policy);
     let state = Arc::new(AppState { policy, kv, registry, client, config });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");

@@ -39,6 +39,18 @@ pub const ROUTER_PREDICTED_BLOCKS: &str = "switchyard_frontend_router_predicted_
 pub const ROUTER_INDEXED_INSTANCES: &str = "switchyard_frontend_router_indexed_instances";
 /// KV events after which an instance's index entry needed a resync (events were lost).
 pub const ROUTER_RESYNC_NEEDED: &str = "switchyard_frontend_router_resync_needed_total";
+/// Routing decisions by where the prompt is computed: `place` `remote` (a prefill instance)
+/// or `local`, and `reason` (`split`, `no_prefill_instance`, `short_prompt`,
+/// `prefill_queues_full`, `fallback`).
+pub const PREFILLS_TOTAL: &str = "switchyard_frontend_prefills_total";
+/// Prefill instances whose work was not used, by `cause` (`unreachable`, `timeout`, `error`,
+/// `stream_error`, `no_token`, `gone`, `no_handle`): the decode instance prefilled instead.
+pub const PREFILL_FALLBACKS_TOTAL: &str = "switchyard_frontend_prefill_fallbacks_total";
+/// Bytes of KV a prefill instance handed off, per request (the engine's full size).
+pub const KV_HANDOFF_BYTES: &str = "switchyard_frontend_kv_handoff_bytes";
+/// Seconds from a prefill instance's handle to the decode instance's first chunk (the KV
+/// pull, the import and one decode step).
+pub const KV_HANDOFF_SECONDS: &str = "switchyard_frontend_kv_handoff_seconds";
 pub const ROUTER_SNAPSHOT_REQUESTS: &str = "switchyard_frontend_router_snapshot_requests_total";
 pub const ROUTER_SNAPSHOTS_APPLIED: &str = "switchyard_frontend_router_snapshots_applied_total";
 
@@ -55,6 +67,9 @@ const DECISION_BUCKETS: &[f64] =
     &[1e-6, 2.5e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
 const DURATION_BUCKETS: &[f64] =
     &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+const BYTES_BUCKETS: &[f64] = &[1e5, 1e6, 1e7, 3e7, 1e8, 3e8, 1e9, 3e9, 1e10];
+const HANDOFF_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -79,6 +94,12 @@ fn install() -> Option<PrometheusHandle> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(ROUTER_DECISION_TIME.into()), DECISION_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(KV_HANDOFF_BYTES.into()), BYTES_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(KV_HANDOFF_SECONDS.into()), HANDOFF_BUCKETS)
         });
     let recorder = match builder {
         Ok(builder) => builder.build_recorder(),
@@ -115,6 +136,17 @@ fn describe() {
     metrics::describe_gauge!(INFLIGHT_REQUESTS, "Requests being served");
     metrics::describe_counter!(INSTANCE_REQUESTS_TOTAL, "Requests each instance accepted");
     metrics::describe_counter!(INPUT_TOKENS_TOTAL, "Prompt tokens sent to workers");
+    metrics::describe_counter!(PREFILLS_TOTAL, "Routing decisions by where the prompt is computed");
+    metrics::describe_counter!(
+        PREFILL_FALLBACKS_TOTAL,
+        "Prefill instances whose work was not used; the decode instance prefilled"
+    );
+    metrics::describe_histogram!(KV_HANDOFF_BYTES, metrics::Unit::Bytes, "KV bytes handed off");
+    metrics::describe_histogram!(
+        KV_HANDOFF_SECONDS,
+        metrics::Unit::Seconds,
+        "Prefill handle to the decode instance's first chunk"
+    );
     metrics::describe_counter!(OUTPUT_TOKENS_TOTAL, "Tokens received from workers");
     metrics::describe_histogram!(ROUTER_OVERLAP_BLOCKS, "Cached prompt blocks per decision");
     metrics::describe_histogram!(

@@ -4,7 +4,6 @@
 //! loading in the background as soon as the model appears.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,8 +26,6 @@ const LOAD_RETRY_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct RoutedInstance {
     pub record: Arc<InstanceRecord>,
-    /// Requests this frontend has sent it that have not ended; kept across table rebuilds.
-    pub in_flight: Arc<AtomicU32>,
     /// Requests it accepted from this frontend (`instance_requests_total`).
     pub requests: metrics::Counter,
 }
@@ -39,9 +36,12 @@ pub(crate) struct ModelEntry {
     pub name: String,
     /// Unix seconds when this frontend first saw the model.
     pub created: u64,
-    /// Instances that take whole requests (aggregated and decode roles; prefill-only
-    /// instances are reached through a decode instance, not directly).
+    /// Instances that take whole requests (aggregated and decode roles).
     pub instances: Vec<RoutedInstance>,
+    /// Instances with the prefill role: they compute prompts for decode instances.
+    pub prefill_instances: Vec<RoutedInstance>,
+    /// Where each instance id is: (prefill?, position in its list).
+    positions: HashMap<String, (bool, usize)>,
     /// All live instances, whatever their role; 0 for a model whose instances all left (it
     /// stays known, so its requests get 503 rather than 404).
     pub live_instances: usize,
@@ -59,6 +59,21 @@ pub(crate) struct ModelEntry {
 #[derive(Debug, Default)]
 pub(crate) struct ModelTable {
     models: BTreeMap<String, Arc<ModelEntry>>,
+}
+
+impl ModelEntry {
+    /// Every live instance, decode-capable ones first.
+    pub fn all_instances(&self) -> impl Iterator<Item = &RoutedInstance> {
+        self.instances.iter().chain(&self.prefill_instances)
+    }
+
+    /// The instance with this id.
+    pub fn instance(&self, id: &str) -> Option<&RoutedInstance> {
+        match *self.positions.get(id)? {
+            (false, at) => self.instances.get(at),
+            (true, at) => self.prefill_instances.get(at),
+        }
+    }
 }
 
 impl ModelTable {
@@ -174,12 +189,24 @@ impl ModelRegistry {
     }
 }
 
+fn position_map(
+    instances: &[RoutedInstance],
+    prefill: &[RoutedInstance],
+) -> HashMap<String, (bool, usize)> {
+    let decoders = instances.iter().enumerate().map(|(at, i)| (false, at, i));
+    let prefillers = prefill.iter().enumerate().map(|(at, i)| (true, at, i));
+    decoders
+        .chain(prefillers)
+        .map(|(is_prefill, at, i)| (i.record.instance_id.clone(), (is_prefill, at)))
+        .collect()
+}
+
 /// State carried from one table to the next.
 #[derive(Default)]
 struct TableBuilder {
     tasks: TaskTracker,
-    /// Per instance id: its in-flight counter and request counter.
-    counters: HashMap<String, (Arc<AtomicU32>, metrics::Counter)>,
+    /// Per instance id: its request counter.
+    counters: HashMap<String, metrics::Counter>,
     slots: HashMap<String, Arc<PreprocessorSlot>>,
     metrics: HashMap<String, Arc<ModelMetrics>>,
     first_seen: HashMap<String, u64>,
@@ -206,18 +233,24 @@ impl TableBuilder {
                 .to_owned();
             let slot = self.slot(&source);
             slots.insert(source, slot.clone());
-            let instances: Vec<RoutedInstance> = records
-                .iter()
-                .filter(|r| r.role() != Role::Prefill)
-                .map(|r| {
-                    let (in_flight, requests) =
-                        self.counters.get(&r.instance_id).cloned().unwrap_or_else(|| {
-                            (Arc::default(), instance_requests_counter(name, &r.instance_id))
-                        });
-                    counters.insert(r.instance_id.clone(), (in_flight.clone(), requests.clone()));
-                    RoutedInstance { record: r.clone(), in_flight, requests }
-                })
-                .collect();
+            let mut routed = |prefill: bool| -> Vec<RoutedInstance> {
+                records
+                    .iter()
+                    .filter(|r| (r.role() == Role::Prefill) == prefill)
+                    .map(|r| {
+                        let requests = self
+                            .counters
+                            .get(&r.instance_id)
+                            .cloned()
+                            .unwrap_or_else(|| instance_requests_counter(name, &r.instance_id));
+                        counters.insert(r.instance_id.clone(), requests.clone());
+                        RoutedInstance { record: r.clone(), requests }
+                    })
+                    .collect()
+            };
+            let instances = routed(false);
+            let prefill_instances = routed(true);
+            let positions = position_map(&instances, &prefill_instances);
             let block_sizes = || cards().map(|c| c.kv_block_size).filter(|&b| b > 0);
             let kv_block_size = block_sizes().next().unwrap_or(0);
             if block_sizes().any(|b| b != kv_block_size) {
@@ -238,6 +271,8 @@ impl TableBuilder {
                 context_length: cards().map(|c| c.context_length).filter(|&c| c > 0).min(),
                 kv_block_size: kv_block_size as usize,
                 preprocessor: slot,
+                prefill_instances,
+                positions,
                 metrics: self
                     .metrics
                     .entry(name.to_owned())
@@ -255,6 +290,8 @@ impl TableBuilder {
                     name: name.clone(),
                     created: gone.created,
                     instances: Vec::new(),
+                    prefill_instances: Vec::new(),
+                    positions: HashMap::new(),
                     live_instances: 0,
                     context_length: gone.context_length,
                     kv_block_size: gone.kv_block_size,

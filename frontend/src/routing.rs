@@ -1,118 +1,288 @@
-//! Choosing an instance and reaching it: the policy picks among the model's live instances
-//! (seeing the frontend's in-flight counts), and a request that an instance cannot take —
-//! unreachable, or turned away as overloaded or shutting down before its first chunk — is
-//! sent to another one, up to `max_attempts` instances.
+//! Choosing instances and reaching them. The routing state picks the decode (or aggregated)
+//! instance and, for a model with prefill instances, whether a prefill instance computes the
+//! prompt first. A request that an instance cannot take — unreachable, or turned away as
+//! overloaded or shutting down before its first chunk — is sent to another one, up to
+//! `max_attempts` instances.
+//!
+//! Prefill/decode split: the prefill instance returns the first token and a KV handle; the
+//! first token goes to the client at once while the decode request (carrying the handle and
+//! that token) is sent; the client sees one stream. A prefill instance that fails, times out
+//! or returns no handle costs the client nothing: the decode instance prefills itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use switchyard_proto::{ErrorKind, GenerateChunk, GenerateRequest};
-use switchyard_router::{Policy, RequestInfo};
+use switchyard_proto::{
+    DisaggregatedParams, ErrorKind, FinishReason, GenerateChunk, GenerateRequest, KvHandle, Usage,
+    WorkerError,
+};
+use switchyard_router::{Policy, RouteRequest};
 use switchyard_runtime::{ChunkStream, RequestClient};
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::Error;
-use crate::kv_router::{KvRouter, Reservation};
-use crate::models::{ModelEntry, RoutedInstance};
-
-/// Counts a request against an instance while it lives, and holds its predicted KV blocks.
-#[derive(Debug)]
-pub(crate) struct InFlightGuard {
-    counter: Arc<AtomicU32>,
-    _reservation: Reservation,
-}
-
-impl InFlightGuard {
-    fn new(counter: &Arc<AtomicU32>, reservation: Reservation) -> InFlightGuard {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { counter: counter.clone(), _reservation: reservation }
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::kv_router::{KvRouter, Reservation, Routed};
+use crate::metrics::{KV_HANDOFF_BYTES, KV_HANDOFF_SECONDS, PREFILL_FALLBACKS_TOTAL};
+use crate::models::ModelEntry;
 
 /// A request an instance accepted: its first chunk, and the rest of its stream.
 pub(crate) struct Dispatched {
     pub first: GenerateChunk,
     pub stream: ChunkStream,
-    pub in_flight: InFlightGuard,
-    /// The instance serving it.
+    /// What the request booked on its instance, held while the response is read.
+    pub in_flight: Option<Reservation>,
+    /// The instance serving it (with a split, the decode instance).
     pub instance_id: String,
 }
 
-/// Where and how to send one request.
-pub(crate) struct Dispatch<'a> {
-    pub model: &'a ModelEntry,
-    pub policy: &'a dyn Policy,
-    pub kv: &'a Arc<KvRouter>,
-    pub client: &'a dyn RequestClient,
+/// Where and how to send one request. Cheap to clone: the decode half of a split request
+/// carries its own copy.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    pub model: Arc<ModelEntry>,
+    pub policy: Arc<dyn Policy>,
+    pub kv: Arc<KvRouter>,
+    pub client: Arc<dyn RequestClient>,
     pub max_attempts: usize,
     pub deadline: Instant,
     /// The whole request's limit, for the timeout error.
     pub timeout: Duration,
+    /// Longest wait for a prefill instance's first token and KV handle.
+    pub prefill_timeout: Duration,
 }
 
-impl Dispatch<'_> {
-    /// Sends `request` to an instance and waits for its first chunk.
-    pub async fn send(&self, mut request: GenerateRequest) -> Result<Dispatched, Error> {
-        let instances = &self.model.instances;
-        if instances.is_empty() {
+/// What a prefill instance returned.
+struct Prefilled {
+    /// The prefill instance.
+    instance: String,
+    tokens: Vec<u32>,
+    finish: FinishReason,
+    usage: Option<Usage>,
+    handle: Option<KvHandle>,
+}
+
+/// Why a prefill instance's work was not used (the `cause` label of the fallback metric).
+type FallbackCause = &'static str;
+
+impl Dispatch {
+    /// Sends `request` and waits for its first chunk (with a split, the prefill's token).
+    pub async fn send(self, mut request: GenerateRequest) -> Result<Dispatched, Error> {
+        if self.model.instances.is_empty() {
             return Err(Error::NoInstance { model: self.model.name.clone() });
         }
-        let attempts = self.max_attempts.clamp(1, instances.len());
-        let mut tried: Vec<usize> = Vec::new();
+        let attempts = self.max_attempts.clamp(1, self.model.instances.len());
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        // Embedding requests have no decode half.
+        let mut allow_remote = !request.embed;
         for attempt in 0..attempts {
-            let Some((index, reservation)) =
-                self.select(&tried, &request.block_hashes, request.token_ids.len())
-            else {
+            let Some(routed) = self.select(&request, &tried, allow_remote) else {
                 break;
             };
-            tried.push(index);
+            let Routed { decode, prefill } = routed;
+            tried.push(decode.instance().clone());
+            if let Some(prefill) = prefill {
+                let instance = prefill.instance().clone();
+                match self.prefill(&request, prefill).await {
+                    Ok(prefilled) => {
+                        return Ok(self.continue_after(prefilled, request, decode, tried));
+                    }
+                    Err(cause) => {
+                        if Instant::now() >= self.deadline {
+                            return Err(Error::Timeout { after: self.timeout });
+                        }
+                        tracing::warn!(%instance, cause, "prefill instance failed; the decode instance prefills");
+                        metrics::counter!(PREFILL_FALLBACKS_TOTAL, "cause" => cause).increment(1);
+                        tried.push(instance);
+                        // The retry of this request is local: a second prefill instance
+                        // would cost the client another wait.
+                        allow_remote = false;
+                    }
+                }
+            }
             // Only a request that may still go elsewhere is copied.
-            let mut this = if attempt + 1 == attempts {
+            let this = if attempt + 1 == attempts {
                 std::mem::take(&mut request)
             } else {
                 request.clone()
             };
-            this.deadline_ms = remaining_ms(self.deadline);
-            if let Some(dispatched) =
-                self.try_instance(&instances[index], this, reservation).await?
-            {
+            if let Some(dispatched) = self.try_instance(this, decode).await? {
                 return Ok(dispatched);
             }
         }
         Err(Error::Unavailable { model: self.model.name.clone(), tried: tried.len() })
     }
 
-    /// The policy's choice among the instances not tried yet, with its predicted KV blocks
-    /// booked.
+    /// The routing state's choice among the instances not tried yet, booked.
     fn select(
         &self,
-        tried: &[usize],
-        block_hashes: &[u64],
-        prompt_tokens: usize,
-    ) -> Option<(usize, Reservation)> {
-        let info = RequestInfo { block_hashes, prompt_tokens };
-        let untried: Vec<usize> =
-            (0..self.model.instances.len()).filter(|i| !tried.contains(i)).collect();
-        self.kv.select(self.model, &untried, self.policy, &info)
+        request: &GenerateRequest,
+        tried: &[Arc<str>],
+        allow_remote: bool,
+    ) -> Option<Routed> {
+        let route = RouteRequest {
+            model: &self.model.name,
+            block_hashes: &request.block_hashes,
+            prompt_tokens: request.token_ids.len(),
+            block_size: self.model.kv_block_size,
+            exclude: tried,
+            allow_remote_prefill: allow_remote,
+        };
+        self.kv.select(&route, self.policy.as_ref())
+    }
+
+    /// Runs the prefill half on the instance `reservation` names: its tokens and KV handle.
+    async fn prefill(
+        &self,
+        request: &GenerateRequest,
+        reservation: Reservation,
+    ) -> Result<Prefilled, FallbackCause> {
+        let instance = self.model.instance(reservation.instance()).ok_or("gone")?;
+        let limit = self.deadline.min(Instant::now() + self.prefill_timeout);
+        let mut prefill = request.clone();
+        prefill.disaggregated =
+            Some(DisaggregatedParams { prefill_only: true, ..Default::default() });
+        prefill.deadline_ms = remaining_ms(limit);
+        let address = instance.record.address.clone();
+        let run = async {
+            let mut stream =
+                self.client.generate(&address, prefill).await.map_err(|_| "unreachable")?;
+            let mut tokens = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|_| "stream_error")?;
+                if chunk.error.is_some() {
+                    return Err("error");
+                }
+                tokens.extend_from_slice(&chunk.token_ids);
+                let finish = chunk.finish_reason();
+                match finish {
+                    FinishReason::Unspecified => continue,
+                    FinishReason::Error | FinishReason::Cancelled => return Err("error"),
+                    FinishReason::Length | FinishReason::Stop => {}
+                }
+                if tokens.is_empty() {
+                    return Err("no_token");
+                }
+                return Ok(Prefilled {
+                    instance: instance.record.instance_id.clone(),
+                    tokens,
+                    finish,
+                    usage: chunk.usage,
+                    handle: chunk.kv_handle,
+                });
+            }
+            Err("stream_error")
+        };
+        let prefilled = timeout_at(limit, run).await.map_err(|_| "timeout")??;
+        instance.requests.increment(1);
+        drop(reservation);
+        Ok(prefilled)
+    }
+
+    /// The response of a request whose prompt a prefill instance computed: its tokens now,
+    /// then the decode instance's stream (unless the prefill already finished the request).
+    fn continue_after(
+        self,
+        prefilled: Prefilled,
+        mut request: GenerateRequest,
+        decode: Reservation,
+        tried: Vec<Arc<str>>,
+    ) -> Dispatched {
+        let max_tokens = request.sampling.as_ref().map_or(0, |s| s.max_tokens) as usize;
+        let done = prefilled.finish == FinishReason::Stop || prefilled.tokens.len() >= max_tokens;
+        if done {
+            let first = GenerateChunk {
+                token_ids: prefilled.tokens,
+                finish_reason: prefilled.finish.into(),
+                usage: prefilled.usage,
+                ..GenerateChunk::default()
+            };
+            return Dispatched {
+                first,
+                stream: Box::pin(futures::stream::empty()),
+                in_flight: None,
+                instance_id: prefilled.instance,
+            };
+        }
+        let cached_tokens = prefilled.usage.map(|u| u.cached_tokens);
+        if let Some(handle) = &prefilled.handle {
+            metrics::histogram!(KV_HANDOFF_BYTES).record(handle.bytes as f64);
+        } else {
+            metrics::counter!(PREFILL_FALLBACKS_TOTAL, "cause" => "no_handle").increment(1);
+        }
+        let first =
+            GenerateChunk { token_ids: prefilled.tokens.clone(), ..GenerateChunk::default() };
+        request.disaggregated = Some(DisaggregatedParams {
+            prefill_only: false,
+            kv_handle: prefilled.handle,
+            generated_token_ids: prefilled.tokens,
+        });
+        let instance_id = decode.instance().to_string();
+        let handed_off = Instant::now();
+        let decode = async move {
+            let stream = self.decode(request, decode, tried).await;
+            metrics::histogram!(KV_HANDOFF_SECONDS).record(handed_off.elapsed().as_secs_f64());
+            stream
+        };
+        let stream = futures::stream::once(decode).flatten().map(move |chunk| {
+            // The client is told what the prefill side found cached, not the decode side's
+            // hits on the blocks it was just handed.
+            chunk.map(|mut chunk| {
+                if let (Some(usage), Some(cached)) = (&mut chunk.usage, cached_tokens) {
+                    usage.cached_tokens = cached;
+                }
+                chunk
+            })
+        });
+        Dispatched { first, stream: Box::pin(stream), in_flight: None, instance_id }
+    }
+
+    /// The decode half: on the chosen instance, or another one if it cannot take it. Errors
+    /// end the stream as an error chunk (the client already has the first token).
+    async fn decode(
+        self,
+        request: GenerateRequest,
+        first: Reservation,
+        mut tried: Vec<Arc<str>>,
+    ) -> ChunkStream {
+        let attempts = self.max_attempts.clamp(1, self.model.instances.len());
+        let mut next = Some(first);
+        for _ in 0..attempts {
+            let reservation = match next.take() {
+                Some(reservation) => reservation,
+                None => match self.select(&request, &tried, false) {
+                    Some(routed) => routed.decode,
+                    None => break,
+                },
+            };
+            tried.push(reservation.instance().clone());
+            match self.try_instance(request.clone(), reservation).await {
+                Ok(Some(Dispatched { first, stream, in_flight, .. })) => {
+                    let rest = stream.map(move |chunk| {
+                        let _held = &in_flight;
+                        chunk
+                    });
+                    return Box::pin(futures::stream::iter([Ok(first)]).chain(rest));
+                }
+                Ok(None) => {}
+                Err(e) => return error_chunk_stream(ErrorKind::Internal, e.to_string()),
+            }
+        }
+        let message = format!("no decode instance of {} could take the request", self.model.name);
+        error_chunk_stream(ErrorKind::Overloaded, message)
     }
 
     /// One attempt: `Ok(None)` when the instance could not take the request and another may.
     async fn try_instance(
         &self,
-        instance: &RoutedInstance,
-        request: GenerateRequest,
+        mut request: GenerateRequest,
         reservation: Reservation,
     ) -> Result<Option<Dispatched>, Error> {
+        let Some(instance) = self.model.instance(reservation.instance()) else {
+            return Ok(None);
+        };
         let record = &instance.record;
-        let in_flight = InFlightGuard::new(&instance.in_flight, reservation);
+        request.deadline_ms = remaining_ms(self.deadline);
         let timed_out = || Error::Timeout { after: self.timeout };
         let mut stream = match timeout_at(
             self.deadline,
@@ -146,8 +316,19 @@ impl Dispatch<'_> {
             return Ok(None);
         }
         instance.requests.increment(1);
-        Ok(Some(Dispatched { first, stream, in_flight, instance_id: record.instance_id.clone() }))
+        let instance_id = record.instance_id.clone();
+        Ok(Some(Dispatched { first, stream, in_flight: Some(reservation), instance_id }))
     }
+}
+
+/// A stream of one error chunk.
+fn error_chunk_stream(kind: ErrorKind, message: String) -> ChunkStream {
+    let chunk = GenerateChunk {
+        finish_reason: FinishReason::Error.into(),
+        error: Some(WorkerError { kind: kind.into(), message }),
+        ..GenerateChunk::default()
+    };
+    Box::pin(futures::stream::iter([Ok(chunk)]))
 }
 
 /// Milliseconds left until `deadline`, at least 1 (0 would mean "no deadline" to a worker).

@@ -5,6 +5,9 @@
 //! instance, each its own. Decisions route 128-block (2,048-token) prompts: prefix,
 //! template, 24 blocks of a cached conversation, 64 new blocks.
 //!
+//! The whole decision of the routing state ([`RoutingState::select`]) runs on the same fleet
+//! split into 250 prefill and 750 decode instances, so it includes the pair choice.
+//!
 //! Besides criterion's timings, `main` prints decision-time percentiles measured one decision
 //! at a time, since the target is a p99.
 
@@ -15,7 +18,8 @@ use criterion::{BatchSize, Criterion};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_router::{
-    Candidate, InstanceId, KvChange, KvEvent, KvIndex, KvPolicy, Policy, RequestInfo,
+    Candidate, DisaggConfig, InstanceId, InstanceLoad, InstanceSpec, KvChange, KvEvent, KvIndex,
+    KvPolicy, Policy, PrefillPlace, RequestInfo, Role, RouteRequest, RoutingConfig, RoutingState,
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -140,6 +144,87 @@ fn replay(index: &mut KvIndex, instance: &mut Instance) {
     }
 }
 
+/// Instances of the routing-state fleet that prefill; the rest decode.
+const PREFILL_INSTANCES: usize = 250;
+
+/// The fleet as a [`RoutingState`] sees it: every instance's events and load applied.
+fn routing_state(fleet: &Fleet) -> RoutingState {
+    let disagg = DisaggConfig { max_local_prefill_tokens: 256, max_prefill_queue: u32::MAX };
+    let mut state = RoutingState::new(RoutingConfig { disagg, ..RoutingConfig::default() });
+    let role = |i: usize| if i < PREFILL_INSTANCES { Role::Prefill } else { Role::Decode };
+    state.sync(fleet.names.iter().enumerate().map(|(i, name)| InstanceSpec {
+        instance: name,
+        model: "m",
+        role: role(i),
+    }));
+    for ((instance, name), &(blocks, requests)) in
+        fleet.instances.iter().zip(&fleet.names).zip(&fleet.loads)
+    {
+        for (event_id, (parent, stored)) in instance.stored.iter().enumerate() {
+            let change = KvChange::Stored { parent: *parent, blocks: stored };
+            let event = KvEvent { event_id: event_id as u64, change };
+            let _ = state.apply_kv(name, &event);
+        }
+        let load = InstanceLoad {
+            active_requests: requests,
+            active_kv_blocks: blocks,
+            total_kv_blocks: 16_384,
+            ..InstanceLoad::default()
+        };
+        state.apply_load(name, load);
+    }
+    state
+}
+
+/// One whole decision of the routing state, its bookings released afterwards (untimed).
+fn select_pair(state: &mut RoutingState, policy: &dyn Policy, prompt: &[u64]) -> Duration {
+    let request = RouteRequest {
+        model: "m",
+        block_hashes: prompt,
+        prompt_tokens: prompt.len() * 16,
+        block_size: 16,
+        exclude: &[],
+        allow_remote_prefill: true,
+    };
+    let start = Instant::now();
+    let chosen = black_box(state.select(&request, policy, Duration::ZERO));
+    let took = start.elapsed();
+    if let Some(chosen) = chosen {
+        debug_assert_eq!(chosen.place, PrefillPlace::Remote);
+        if let Some(prefill) = &chosen.prefill {
+            state.release(&prefill.booking);
+        }
+        state.release(&chosen.decode);
+    }
+    took
+}
+
+fn state_percentiles(state: &mut RoutingState, fleet: &Fleet, policy: &dyn Policy) {
+    let mut times: Vec<Duration> = Vec::with_capacity(20_000);
+    for round in 0..20 {
+        for prompt in &fleet.prompts {
+            let took = select_pair(state, policy, prompt);
+            if round > 0 {
+                times.push(took);
+            }
+        }
+    }
+    report("RoutingState::select (decode + prefill pair, 250p/750d)", &mut times);
+}
+
+fn report(what: &str, times: &mut [Duration]) {
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "{what}, {} samples: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+        times.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+}
+
 fn percentiles(fleet: &Fleet, policy: &dyn Policy) {
     let mut times: Vec<Duration> = Vec::with_capacity(20_000);
     for round in 0..20 {
@@ -151,16 +236,7 @@ fn percentiles(fleet: &Fleet, policy: &dyn Policy) {
             }
         }
     }
-    times.sort_unstable();
-    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
-    println!(
-        "decision (find_matches + 1,000 candidates + kv select), {} samples: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
-        times.len(),
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        at(1.0)
-    );
+    report("decision (find_matches + 1,000 candidates + kv select)", &mut times);
 }
 
 fn benches(c: &mut Criterion, fleet: &mut Fleet) {
@@ -192,6 +268,17 @@ fn benches(c: &mut Criterion, fleet: &mut Fleet) {
     }
     group.bench_function("find_matches, 1,000 holders cut at 128 depths", |b| {
         b.iter(|| black_box(ragged.find_matches(black_box(&prefix))))
+    });
+    let mut state = routing_state(fleet);
+    group.bench_function("RoutingState::select, 250 prefill + 750 decode", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    i = (i + 1) % fleet.prompts.len();
+                    select_pair(&mut state, &policy, &fleet.prompts[i])
+                })
+                .sum()
+        })
     });
     group.finish();
 
@@ -251,6 +338,8 @@ fn main() {
         start.elapsed()
     );
     percentiles(&fleet, &KvPolicy::default());
+    let mut state = routing_state(&fleet);
+    state_percentiles(&mut state, &fleet, &KvPolicy::default());
     let mut criterion = Criterion::default().configure_from_args();
     benches(&mut criterion, &mut fleet);
     criterion.final_summary();

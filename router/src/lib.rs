@@ -1,10 +1,12 @@
-//! Routing for Switchyard: which instance serves a request. Pure logic over a snapshot of
-//! instances — no I/O, no async, no clocks — so it is tested and benchmarked on its own.
+//! Routing for Switchyard: which instance serves a request, and for a prefill/decode split
+//! which pair. Pure logic — no I/O, no async, no clocks (time is passed in) — so it is
+//! tested and benchmarked on its own.
 
 pub mod block_hash;
 pub mod error;
 pub mod kv_index;
 pub mod policy;
+pub mod state;
 
 pub use block_hash::block_hashes;
 pub use error::Error;
@@ -14,4 +16,8 @@ pub use kv_index::{
 pub use policy::{
     Candidate, KvPolicy, KvPolicyConfig, LeastLoaded, Policy, PolicyConfig, PolicyKind, PowerOfTwo,
     RandomPolicy, RequestInfo, RoundRobin,
+};
+pub use state::{
+    Booking, DisaggConfig, InstanceLoad, InstanceSpec, LocalReason, PrefillChoice, PrefillPlace,
+    Role, RouteRequest, RoutingConfig, RoutingState, Selection,
 };

@@ -157,7 +157,8 @@ pub struct BenchArgs {
     pub kv_block_size: Option<usize>,
 
     /// Start these local topologies one after another and run the workload on each, e.g.
-    /// agg:1,agg:2,agg:4 (N aggregated mocker workers behind one frontend).
+    /// agg:1,agg:2,agg:4 (N aggregated mocker workers behind one frontend) or 1p1d,2p2d (X
+    /// prefill and Y decode workers).
     #[arg(long, env = env::BENCH_TOPOLOGY)]
     pub topology: Option<String>,
     /// Router modes of --topology's frontend, a comma list: each topology runs once per mode,
@@ -275,16 +276,9 @@ async fn run_topology(
     serve: &ServeArgs,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<PointResult>> {
-    let workers = spec.workers.to_string();
-    let mut up = UpArgs::from_flags(&[
-        "--workers",
-        &workers,
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        "0",
-    ])
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut flags = spec.up_flags();
+    flags.extend(["--http-host", "127.0.0.1", "--http-port", "0"].map(String::from));
+    let mut up = UpArgs::from_flags(&flags).map_err(|e| anyhow::anyhow!("{e}"))?;
     up.serve = serve.clone();
     up.http.kv = frontend.kv.clone();
     let name = match frontend.router_mode {
@@ -296,8 +290,9 @@ async fn run_topology(
     };
     let listener = up.http.bind().await?;
     println!(
-        "starting topology {name} ({} mocker worker(s), {} routing)",
-        spec.workers, up.http.router_mode
+        "starting topology {name} ({} of the mocker, {} routing)",
+        up.describe(),
+        up.http.router_mode
     );
     let topology = LocalTopology::start(&up, listener, shutdown.clone())
         .await

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_frontend::FrontendConfig;
+use switchyard_frontend::{DisaggConfig, FrontendConfig};
 use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
 use tokio::net::TcpListener;
@@ -41,7 +41,8 @@ pub struct HttpArgs {
     pub request_timeout_secs: u64,
 }
 
-/// The knobs of the `kv` router mode (shared by the frontend and the bench's topologies).
+/// The knobs of routing: the `kv` mode's costs and the prefill/decode split (shared by the
+/// frontend and the bench's topologies).
 #[derive(Debug, Clone, Args)]
 pub struct KvArgs {
     /// kv mode: weight of one prompt block to prefill against one block of running KV.
@@ -69,6 +70,21 @@ pub struct KvArgs {
     /// in seconds.
     #[arg(long, env = env::KV_DECISION_TTL_SECS, default_value_t = 120)]
     pub kv_decision_ttl_secs: u64,
+
+    /// Prefill/decode split: a prompt whose part not cached on the chosen decode worker is at
+    /// most this many tokens is prefilled on that decode worker.
+    #[arg(long, env = env::MAX_LOCAL_PREFILL_TOKENS, default_value_t = DisaggConfig::default().max_local_prefill_tokens)]
+    pub max_local_prefill_tokens: usize,
+
+    /// Prefill/decode split: a prefill worker with more requests than this queued or running
+    /// gets no more; with every one over it, the decode worker prefills.
+    #[arg(long, env = env::MAX_PREFILL_QUEUE, default_value_t = DisaggConfig::default().max_prefill_queue)]
+    pub max_prefill_queue: u32,
+
+    /// Prefill/decode split: seconds to wait for a prefill worker's first token and KV
+    /// handle before the decode worker prefills instead.
+    #[arg(long, env = env::PREFILL_TIMEOUT_SECS, default_value_t = 30)]
+    pub prefill_timeout_secs: u64,
 }
 
 impl HttpArgs {
@@ -85,6 +101,11 @@ impl HttpArgs {
                 },
             },
             kv_decision_ttl: Duration::from_secs(self.kv.kv_decision_ttl_secs),
+            disagg: DisaggConfig {
+                max_local_prefill_tokens: self.kv.max_local_prefill_tokens,
+                max_prefill_queue: self.kv.max_prefill_queue,
+            },
+            prefill_timeout: Duration::from_secs(self.kv.prefill_timeout_secs),
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             ..FrontendConfig::default()

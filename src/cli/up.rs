@@ -1,5 +1,6 @@
 //! `switchyard up`: a whole local topology in one command — a frontend and N simulated
-//! workers on the embedded default (file store in a fresh directory, TCP request plane).
+//! workers on the embedded default (file store in a fresh directory, TCP request plane);
+//! aggregated workers, or prefill and decode workers for a split topology.
 //!
 //! Workers are child processes running `switchyard worker`, the same code a container runs;
 //! with `--store memory` they run as tasks of this process instead.
@@ -25,7 +26,7 @@ use tracing::{info, warn};
 use super::frontend::HttpArgs;
 use super::plane::PlaneArgs;
 use super::store::{StoreArgs, StoreKind};
-use super::worker::ServeArgs;
+use super::worker::{ServeArgs, WorkerRole};
 use crate::env_names as env;
 
 /// How long the workers get to register before `up` gives up.
@@ -33,9 +34,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
-    /// Number of workers.
+    /// Number of aggregated workers (unless --prefill-workers / --decode-workers are given).
     #[arg(long, env = env::UP_WORKERS, default_value_t = 2)]
     pub workers: usize,
+
+    /// Prefill workers of a split topology (given with --decode-workers, they replace the
+    /// aggregated --workers).
+    #[arg(long, env = env::UP_PREFILL_WORKERS, default_value_t = 0)]
+    pub prefill_workers: usize,
+
+    /// Decode workers of a split topology.
+    #[arg(long, env = env::UP_DECODE_WORKERS, default_value_t = 0)]
+    pub decode_workers: usize,
 
     #[command(flatten)]
     pub http: HttpArgs,
@@ -51,6 +61,33 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
+    /// The role of each worker to start.
+    pub fn roles(&self) -> anyhow::Result<Vec<WorkerRole>> {
+        if self.prefill_workers == 0 && self.decode_workers == 0 {
+            if self.workers == 0 {
+                bail!("--workers must be at least 1");
+            }
+            return Ok(vec![WorkerRole::Aggregated; self.workers]);
+        }
+        if self.decode_workers == 0 {
+            bail!(
+                "--prefill-workers needs --decode-workers ≥ 1: prefill workers serve no whole requests"
+            );
+        }
+        let mut roles = vec![WorkerRole::Prefill; self.prefill_workers];
+        roles.extend(std::iter::repeat_n(WorkerRole::Decode, self.decode_workers));
+        Ok(roles)
+    }
+
+    /// How the topology reads in a sentence, e.g. `2 prefill + 2 decode workers`.
+    pub fn describe(&self) -> String {
+        if self.prefill_workers == 0 && self.decode_workers == 0 {
+            format!("{} worker(s)", self.workers)
+        } else {
+            format!("{} prefill + {} decode worker(s)", self.prefill_workers, self.decode_workers)
+        }
+    }
+
     /// The arguments `switchyard up FLAGS…` would run with (the environment read as usual), for
     /// callers that start a local topology themselves, such as the bench's topology runner.
     pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<UpArgs, clap::Error> {
@@ -68,8 +105,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     let listener = args.http.bind().await?;
     let topology = LocalTopology::start(&args, listener, shutdown.clone()).await?;
     println!(
-        "switchyard is up: {} worker(s) serving {}; OpenAI API at {}/v1 (Ctrl-C stops)",
-        args.workers,
+        "switchyard is up: {} serving {}; OpenAI API at {}/v1 (Ctrl-C stops)",
+        args.describe(),
         args.serve.served_name(),
         topology.url()
     );
@@ -92,12 +129,10 @@ impl LocalTopology {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<LocalTopology> {
-        if args.workers == 0 {
-            bail!("--workers must be at least 1");
-        }
+        let roles = args.roles()?;
         let stop = shutdown.child_token();
-        let workers = Topology::start(args, stop.clone()).await?;
-        if let Err(e) = workers.wait_ready(args, &stop).await {
+        let workers = Topology::start(args, &roles, stop.clone()).await?;
+        if let Err(e) = workers.wait_ready(roles.len(), &stop).await {
             stop.cancel();
             workers.stop().await;
             return Err(e);
@@ -150,27 +185,40 @@ struct Topology {
 }
 
 impl Topology {
-    async fn start(args: &UpArgs, shutdown: CancellationToken) -> anyhow::Result<Topology> {
+    async fn start(
+        args: &UpArgs,
+        roles: &[WorkerRole],
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Topology> {
         let tasks = TaskTracker::new();
         let lease_ttl = args.store.lease_ttl()?;
         let topology = match args.store.store {
             StoreKind::Memory => {
                 let discovery = args.store.open_memory();
-                for _ in 0..args.workers {
+                for &role in roles {
                     let id = new_instance_id();
                     let namespace = discovery.namespace();
                     let listener =
                         super::worker::bind(&args.plane, "127.0.0.1", 0, namespace, &id).await?;
+                    let kv_transfer = super::worker::bind_kv_transfer(role, "127.0.0.1", 0).await?;
                     let config = WorkerConfig {
                         instance_id: Some(id),
+                        role: role.proto(),
                         lease_ttl,
                         ..WorkerConfig::default()
                     };
                     let (serve, discovery, stop) =
                         (args.serve.clone(), discovery.clone(), shutdown.clone());
                     tasks.spawn(async move {
-                        let result =
-                            super::worker::serve(listener, &serve, config, discovery, stop).await;
+                        let result = super::worker::serve(
+                            listener,
+                            kv_transfer,
+                            &serve,
+                            config,
+                            discovery,
+                            stop,
+                        )
+                        .await;
                         if let Err(e) = result {
                             warn!(error = format!("{e:#}"), "worker stopped");
                         }
@@ -195,9 +243,10 @@ impl Topology {
                 };
                 let discovery = store.open().await?;
                 let exe = std::env::current_exe().context("locating the switchyard binary")?;
-                for i in 0..args.workers {
+                for (i, role) in roles.iter().enumerate() {
                     let child = Command::new(&exe)
                         .args(worker_args(&store, &args.serve))
+                        .args(["--role", role.name()])
                         .args(args.plane.to_flags())
                         .stdin(Stdio::null())
                         .kill_on_drop(true)
@@ -212,16 +261,16 @@ impl Topology {
         Ok(topology)
     }
 
-    async fn wait_ready(&self, args: &UpArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn wait_ready(&self, workers: usize, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let watch = self.discovery.watch_instances(shutdown.child_token()).await?;
         let mut rx = watch.subscribe();
         let ready = async {
             loop {
                 let live = rx.borrow_and_update().len();
-                if live >= args.workers {
+                if live >= workers {
                     return Ok(());
                 }
-                if self.tasks.len() < args.workers {
+                if self.tasks.len() < workers {
                     bail!("a worker exited during start-up (see its log above)");
                 }
                 tokio::select! {
@@ -284,6 +333,11 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("prefix-caching", m.prefix_caching.to_string());
     flag("eos-probability", m.eos_probability.to_string());
     flag("context-length", m.context_length.to_string());
+    flag("kv-bytes-per-token", m.kv_bytes_per_token.to_string());
+    flag("kv-transfer-scale", m.kv_transfer_scale.to_string());
+    flag("kv-link", m.kv_link.to_string());
+    flag("kv-lease-secs", m.kv_lease_secs.to_string());
+    flag("kv-pull-timeout-secs", serve.kv_pull_timeout_secs.to_string());
     if let Some(path) = &m.replay_output {
         args.extend([
             "--replay-output".into(),

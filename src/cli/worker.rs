@@ -6,11 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use switchyard_model::{DEFAULT_MODEL_NAME, DEFAULT_SOURCE, ModelFiles};
-use switchyard_proto::ModelCard;
+use switchyard_proto::{ModelCard, Role};
 use switchyard_runtime::Discovery;
 use switchyard_runtime::events::NatsEventPublisher;
 use switchyard_runtime::plane::nats::{NatsListener, generate_subject};
-use switchyard_worker::mocker::{MockerConfig, MockerEngine};
+use switchyard_worker::mocker::{HandoffConfig, KvLink, MockerConfig, MockerEngine};
 use switchyard_worker::service::new_instance_id;
 use switchyard_worker::{Engine, PlaneListener, WorkerConfig, WorkerStatus};
 use tokio::net::TcpListener;
@@ -20,6 +20,36 @@ use super::plane::{PlaneArgs, PlaneKind};
 use super::store::StoreArgs;
 use crate::env_names as env;
 use switchyard_frontend::{ReasoningParserKind, ToolParserKind};
+
+/// What a worker does in serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum WorkerRole {
+    /// Prefill and decode (one worker serves whole requests).
+    #[default]
+    Aggregated,
+    /// Computes prompts and hands their KV to decode workers (serves KvTransfer).
+    Prefill,
+    /// Serves whole requests, usually after a prefill worker computed the prompt.
+    Decode,
+}
+
+impl WorkerRole {
+    pub fn proto(self) -> Role {
+        match self {
+            WorkerRole::Aggregated => Role::Aggregated,
+            WorkerRole::Prefill => Role::Prefill,
+            WorkerRole::Decode => Role::Decode,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerRole::Aggregated => "aggregated",
+            WorkerRole::Prefill => "prefill",
+            WorkerRole::Decode => "decode",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
@@ -48,6 +78,10 @@ pub struct ServeArgs {
     #[arg(long, env = env::DRAIN_TIMEOUT_SECS, default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
+    /// Seconds one KV pull from a prefill worker may take (connection included) before the
+    /// request is prefilled here instead.
+    #[arg(long, env = env::KV_PULL_TIMEOUT_SECS, default_value_t = 10)]
+    pub kv_pull_timeout_secs: u64,
     /// How the model marks its reasoning, split into `reasoning_content` by frontends:
     /// qwen3, deepseek-r1, gpt-oss.
     #[arg(long, env = env::REASONING_PARSER)]
@@ -97,6 +131,25 @@ pub struct MockerArgs {
     #[arg(long = "context-length", env = env::MOCKER_CONTEXT_LENGTH, default_value_t = 32768)]
     pub context_length: u32,
 
+    /// KV bytes of one token (layers × KV heads × head dim × 2 × bytes per element), for
+    /// prefill/decode hand-offs [default: Llama-3.1-8B in bf16, the class of model the
+    /// timing profile stands for].
+    #[arg(long = "kv-bytes-per-token", env = env::MOCKER_KV_BYTES_PER_TOKEN, default_value_t = HandoffConfig::default().kv_bytes_per_token)]
+    pub kv_bytes_per_token: u64,
+
+    /// Hand-offs move the KV's size divided by this over the network (the modelled link
+    /// time is of the full size).
+    #[arg(long = "kv-transfer-scale", env = env::MOCKER_KV_TRANSFER_SCALE, default_value_t = HandoffConfig::default().scale)]
+    pub kv_transfer_scale: u64,
+
+    /// Link between prefill and decode GPUs whose time a hand-off takes: nvlink (450 GB/s),
+    /// pcie5 (63 GB/s), ib400 (50 GB/s) or eth25 (3.1 GB/s).
+    #[arg(long = "kv-link", env = env::MOCKER_KV_LINK, default_value = "nvlink")]
+    pub kv_link: KvLink,
+
+    /// Seconds a prefill worker holds a hand-off's KV blocks for its pull.
+    #[arg(long = "kv-lease-secs", env = env::MOCKER_KV_LEASE_SECS, default_value_t = 30)]
+    pub kv_lease_secs: u64,
     /// A JSON list of recorded output texts to replay instead of random tokens: a request
     /// gets entry `seed mod N` (entry 0 without a seed), tokenized, then EOS.
     #[arg(long = "replay-output", env = env::MOCKER_REPLAY_OUTPUT)]
@@ -138,6 +191,16 @@ pub struct WorkerArgs {
     #[arg(long, env = env::INSTANCE_ID)]
     pub instance_id: Option<String>,
 
+    /// aggregated (prefill and decode), prefill (computes prompts, hands their KV to decode
+    /// workers) or decode. A model with prefill and decode workers is served split.
+    #[arg(long, env = env::WORKER_ROLE, value_enum, default_value_t = WorkerRole::Aggregated)]
+    pub role: WorkerRole,
+
+    /// Port of a prefill worker's KvTransfer service, on --host (0: any free port; the
+    /// record says which). Other roles serve none.
+    #[arg(long, env = env::KV_TRANSFER_PORT, default_value_t = 0)]
+    pub kv_transfer_port: u16,
+
     /// Shut down when the process with this PID stops being our parent (set by
     /// `switchyard up`, so workers never outlive it, even when it is killed).
     #[arg(long, env = env::PARENT_PID, hide = true)]
@@ -165,14 +228,16 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         0 => None,
         port => Some(StatusServer::start(&args.host, port).await?),
     };
+    let kv_transfer = bind_kv_transfer(args.role, &args.host, args.kv_transfer_port).await?;
     let config = WorkerConfig {
         instance_id: Some(instance_id),
         advertise_host: args.advertise_host.clone(),
+        role: args.role.proto(),
         lease_ttl: args.store.lease_ttl()?,
         status: status.as_ref().map(|s| s.status.clone()),
         ..WorkerConfig::default()
     };
-    let served = serve(listener, &args.serve, config, discovery, shutdown).await;
+    let served = serve(listener, kv_transfer, &args.serve, config, discovery, shutdown).await;
     if let Some(status) = status {
         status.stop().await;
     }
@@ -209,6 +274,21 @@ impl StatusServer {
     }
 }
 
+/// A prefill worker's KvTransfer listener (`None` for other roles).
+pub async fn bind_kv_transfer(
+    role: WorkerRole,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<Option<TcpListener>> {
+    if role != WorkerRole::Prefill {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding the KvTransfer service to {host}:{port}"))?;
+    Ok(Some(listener))
+}
+
 /// Binds where the worker takes requests: a TCP port, or its NATS subject.
 pub async fn bind(
     plane: &PlaneArgs,
@@ -238,17 +318,20 @@ pub async fn bind(
 /// Starts the engine and serves it on an already-bound listener (shared with `switchyard up`).
 pub async fn serve(
     listener: PlaneListener,
+    kv_transfer: Option<TcpListener>,
     args: &ServeArgs,
     mut config: WorkerConfig,
     discovery: Discovery,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    config.kv_pull_timeout = Duration::from_secs(args.kv_pull_timeout_secs);
     config.reasoning_parser = args.reasoning_parser.map(|p| p.name().to_owned());
     config.tool_call_parser = args.tool_call_parser.map(|p| p.name().to_owned());
     let engine_stop = CancellationToken::new();
     let engine = start_engine(args, engine_stop.clone()).await?;
-    let result = switchyard_worker::serve(listener, engine, discovery, config, shutdown).await;
+    let result =
+        switchyard_worker::serve(listener, kv_transfer, engine, discovery, config, shutdown).await;
     engine_stop.cancel();
     result.context("worker failed")
 }
@@ -285,6 +368,12 @@ async fn start_engine(
                 context_length: m.context_length,
                 vocab_size: files.config.vocab_size.unwrap_or(32000),
                 eos_token_ids: files.config.eos_token_ids.clone(),
+                handoff: HandoffConfig {
+                    kv_bytes_per_token: m.kv_bytes_per_token,
+                    scale: m.kv_transfer_scale,
+                    link: m.kv_link,
+                    lease: Duration::from_secs(m.kv_lease_secs),
+                },
                 replay: replay_outputs(m.replay_output.as_deref(), &files)?,
                 ..MockerConfig::default()
             };

@@ -207,22 +207,18 @@ impl EnvVar {
     }
 }
 
-/// The worker groups of one `--topology` value: `agg:N` (the bench's syntax), or `XpYd`
+/// The worker groups of one `--topology` value, in the bench's syntax: `agg:N`, or `XpYd`
 /// (X prefill and Y decode workers).
 fn parse_topology(value: &str) -> anyhow::Result<Vec<(Role, usize)>> {
-    if let Some((p, d)) = value.strip_suffix('d').and_then(|v| v.split_once('p')) {
-        let count = |n: &str| n.parse::<usize>().ok().filter(|n| *n > 0);
-        return match (count(p), count(d)) {
-            (Some(p), Some(d)) => Ok(vec![(Role::Prefill, p), (Role::Decode, d)]),
-            _ => anyhow::bail!("--topology {value:?}: XpYd needs two counts >= 1, e.g. 2p2d"),
-        };
-    }
     let specs = topology::parse_list(value)?;
     let [spec] = specs.as_slice() else {
         anyhow::bail!("--topology {value:?}: a deployment is one topology, not a list");
     };
     Ok(match spec.kind {
         TopologyKind::Aggregated => vec![(Role::Aggregated, spec.workers)],
+        TopologyKind::Disaggregated { prefill, decode } => {
+            vec![(Role::Prefill, prefill), (Role::Decode, decode)]
+        }
     })
 }
 

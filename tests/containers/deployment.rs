@@ -240,17 +240,16 @@ impl Deployment {
         }
     }
 
+    /// The frontend's Prometheus page.
+    pub async fn metrics(&self) -> String {
+        let http = support::client();
+        let response = http.get(format!("{}/metrics", self.base_url)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Requests each instance took, from the frontend's metrics.
     pub async fn requests_per_instance(&self) -> std::collections::BTreeMap<String, u64> {
-        let http = support::client();
-        let text = http
-            .get(format!("{}/metrics", self.base_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics().await;
         text.lines()
             .filter(|l| l.starts_with("switchyard_frontend_instance_requests_total{"))
             .filter_map(|l| {

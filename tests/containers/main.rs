@@ -131,14 +131,31 @@ async fn server_four_workers_lose_workers_a_partition_and_etcd() {
     d.down();
 }
 
-/// Prefill/decode split: one prefill and one decode worker serve the API together. The file
-/// sets `SWITCHYARD_WORKER_ROLE`; it runs once the binary reads it (worker roles come with
-/// prefill/decode serving).
+/// Prefill/decode split: one prefill and one decode worker serve the API together, a long
+/// prompt is prefilled on the prefill container and its KV pulled across the network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs worker roles (SWITCHYARD_WORKER_ROLE), which this build does not read yet"]
 async fn disaggregated_one_prefill_one_decode_serve_and_lose_the_decode_worker() {
     let d = Deployment::up("disagg-1p1d", 2).await;
     api_works(&d).await;
+    let http = support::client();
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(40);
+    let body = json!({"model": "switchyard-tiny", "prompt": long, "max_tokens": 8});
+    let (status, body) =
+        support::post_json(&http, &format!("{}/v1/completions", d.base_url), &body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 8, "{body}");
+    let metrics = d.metrics().await;
+    let remote: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_frontend_prefills_total{"))
+        .filter(|l| l.contains("place=\"remote\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(remote >= 1.0, "no prefill ran on the prefill worker:\n{metrics}\n{}", d.logs());
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("switchyard_frontend_prefill_fallbacks_total{")),
+        "a prefill fell back:\n{metrics}"
+    );
     let code = d.stop("decode-1", Duration::from_secs(20));
     assert_eq!(code, 0, "{}", d.logs());
     d.wait_instances(1, Duration::from_secs(5)).await;

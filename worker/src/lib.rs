@@ -3,12 +3,13 @@
 
 pub mod engine;
 pub mod error;
+pub mod kv_transfer;
 pub mod metrics;
 pub mod mocker;
 pub mod service;
 pub mod status;
 
-pub use engine::{Engine, EngineStream};
+pub use engine::{Engine, EngineStream, KvBytesStream, KvExport, KvTransferEngine};
 pub use error::{Error, Result};
 pub use service::{PlaneListener, WorkerConfig, serve};
 pub use status::{WorkerStatus, serve_status};

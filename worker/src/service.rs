@@ -1,9 +1,15 @@
 //! The worker service: serves one engine over the request plane and registers it in
 //! discovery; on shutdown it deregisters first, then drains in-flight requests.
+//!
+//! Prefill/decode split: a prefill worker also serves `KvTransfer` on its own TCP listener
+//! (in NATS mode too) and writes where in its record and in every KV handle it returns; a
+//! worker given a request with a handle pulls the KV and imports it into its engine first,
+//! and when that fails sends the request on without the handle (the engine then prefills
+//! itself: the client gets the same tokens).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -22,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::kv_transfer::{
+    self, KvPuller, TRANSFER_BYTES_TOTAL, TRANSFER_FAILURES_TOTAL, TRANSFER_SECONDS,
+};
 use crate::{Engine, Error, Result, WorkerStatus};
 
 /// How a worker presents itself and how long it waits on the way out.
@@ -39,6 +48,9 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// Told when the worker serves and when it drains, for its status port.
     pub status: Option<Arc<WorkerStatus>>,
+    /// Longest wait for one KV pull from a prefill worker (connection included); after it
+    /// the request is prefilled here.
+    pub kv_pull_timeout: Duration,
     /// Output parsers the frontend applies to this model's text, published in the card
     /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
     pub reasoning_parser: Option<String>,
@@ -54,6 +66,7 @@ impl Default for WorkerConfig {
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
             status: None,
+            kv_pull_timeout: Duration::from_secs(10),
             reasoning_parser: None,
             tool_call_parser: None,
         }
@@ -125,15 +138,40 @@ type ServerFuture =
     std::pin::Pin<Box<dyn Future<Output = switchyard_runtime::Result<()>> + Send + 'static>>;
 
 /// Serves `engine` on `listener` until `shutdown`, registered in `discovery` meanwhile.
-/// Returns once the worker has deregistered, drained and stopped its server.
+/// A prefill worker (`config.role`) serves `KvTransfer` on `kv_transfer`, which it needs.
+/// Returns once the worker has deregistered, drained and stopped its servers.
 pub async fn serve(
     listener: PlaneListener,
+    kv_transfer: Option<TcpListener>,
     engine: Arc<dyn Engine>,
     discovery: Discovery,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let instance_id = config.instance_id.clone().unwrap_or_else(new_instance_id);
+    if config.role == Role::Prefill && !engine.serves_prefill() {
+        return Err(Error::Config(format!(
+            "the {} engine serves no prefill-only requests; it cannot take the prefill role",
+            engine.card().engine
+        )));
+    }
+    let kv_transfer = match kv_transfer {
+        Some(listener) if config.role == Role::Prefill && engine.kv_transfer().is_some() => {
+            Some(listener)
+        }
+        _ if config.role == Role::Prefill && engine.kv_transfer().is_some() => {
+            return Err(Error::Config(
+                "a prefill worker needs a listener for its KvTransfer service".into(),
+            ));
+        }
+        _ => None,
+    };
+    let kv_transfer_address = match &kv_transfer {
+        Some(listener) => {
+            advertised_address(listener.local_addr()?, config.advertise_host.as_deref())
+        }
+        None => String::new(),
+    };
     let mut card = engine.card().clone();
     if let Some(parser) = &config.reasoning_parser {
         card.reasoning_parser.clone_from(parser);
@@ -148,15 +186,25 @@ pub async fn serve(
         address: listener.address(config.advertise_host.as_deref())?,
         card: Some(card),
         transport: listener.transport().to_owned(),
+        kv_transfer_address: kv_transfer_address.clone(),
     };
 
     let handler = Arc::new(WorkerHandler {
         engine,
+        instance_id: instance_id.clone(),
+        kv_transfer_address,
+        puller: KvPuller::new(config.kv_pull_timeout),
         draining: CancellationToken::new(),
         cancel_all: CancellationToken::new(),
         in_flight: TaskTracker::new(),
     });
     let plane_stop = CancellationToken::new();
+    // The KvTransfer server stops with the request plane: after the drain, so decode workers
+    // can still pull what this worker's last prefills left.
+    let transfer_server = kv_transfer.map(|listener| {
+        let server = kv_transfer::serve(listener, handler.engine.clone(), plane_stop.clone());
+        tokio::spawn(server)
+    });
     let (server, publisher) = listener.start(&instance_id, handler.clone(), plane_stop.clone());
     let server = tokio::spawn(server);
     // KV events and load reports go out from before registration until the server stops.
@@ -210,6 +258,13 @@ pub async fn serve(
     }
     let result = server.stop().await;
     let _ = events.await;
+    if let Some(transfer) = transfer_server {
+        match transfer.await {
+            Ok(Err(e)) => warn!(error = %e, "KvTransfer server failed"),
+            Err(e) => warn!(error = %e, "KvTransfer server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     result
 }
 
@@ -250,6 +305,10 @@ impl Drop for ServerTask {
 /// goes away.
 struct WorkerHandler {
     engine: Arc<dyn Engine>,
+    instance_id: String,
+    /// Where this worker's KvTransfer service is; empty when it serves none.
+    kv_transfer_address: String,
+    puller: KvPuller,
     /// Fired on shutdown: new requests are refused with SHUTTING_DOWN (routers retry elsewhere).
     draining: CancellationToken,
     /// Fired when the drain timed out: cancels every request still running.
@@ -260,7 +319,7 @@ struct WorkerHandler {
 
 #[async_trait]
 impl GenerateHandler for WorkerHandler {
-    async fn generate(&self, request: GenerateRequest) -> ChunkStream {
+    async fn generate(&self, mut request: GenerateRequest) -> ChunkStream {
         if self.draining.is_cancelled() {
             return error_stream(&Error::ShuttingDown);
         }
@@ -270,6 +329,7 @@ impl GenerateHandler for WorkerHandler {
             ));
         }
         let in_flight = self.in_flight.token();
+        self.take_handed_over_kv(&mut request).await;
         let cancel = self.cancel_all.child_token();
         let engine_stream = match self.engine.generate(request, cancel.clone()).await {
             Ok(stream) => stream,
@@ -279,13 +339,67 @@ impl GenerateHandler for WorkerHandler {
         // request in the engine; the tracker token goes with it.
         let guard = (cancel.drop_guard(), in_flight);
         let mut seq = 0u64;
+        let (instance_id, address) = (self.instance_id.clone(), self.kv_transfer_address.clone());
         let stream = engine_stream.map(move |mut chunk| {
             let _held = &guard;
             chunk.seq = seq;
             seq += 1;
+            if let Some(handle) = &mut chunk.kv_handle
+                && !handle.transfer_id.is_empty()
+            {
+                handle.instance_id.clone_from(&instance_id);
+                handle.address.clone_from(&address);
+            }
             Ok(chunk)
         });
         Box::pin(stream)
+    }
+}
+
+impl WorkerHandler {
+    /// For a request carrying a KV handle that Switchyard moves (a transfer id): pulls the
+    /// KV from the prefill worker and imports it into the engine. When that fails, the
+    /// handle is taken off the request, so the engine computes the prompt itself.
+    async fn take_handed_over_kv(&self, request: &mut GenerateRequest) {
+        let Some(transfer) = self.engine.kv_transfer() else {
+            return;
+        };
+        let Some(disaggregated) = &mut request.disaggregated else {
+            return;
+        };
+        let Some(handle) = disaggregated.kv_handle.as_ref().filter(|h| !h.transfer_id.is_empty())
+        else {
+            return;
+        };
+        let started = Instant::now();
+        let result = match self.puller.pull(handle).await {
+            Ok((data, pulled_in)) => {
+                let bytes = data.len() as u64;
+                match transfer.import_kv(handle, data, pulled_in).await {
+                    Ok(()) => {
+                        metrics::counter!(TRANSFER_BYTES_TOTAL).increment(bytes);
+                        Ok(())
+                    }
+                    Err(e) => Err(("import", e)),
+                }
+            }
+            Err(e) => Err(("pull", e)),
+        };
+        match result {
+            Ok(()) => {
+                metrics::histogram!(TRANSFER_SECONDS).record(started.elapsed().as_secs_f64());
+            }
+            Err((cause, e)) => {
+                warn!(
+                    request = %request.request_id,
+                    from = %handle.address,
+                    error = %e,
+                    "KV hand-off failed; prefilling here"
+                );
+                metrics::counter!(TRANSFER_FAILURES_TOTAL, "cause" => cause).increment(1);
+                disaggregated.kv_handle = None;
+            }
+        }
     }
 }
 

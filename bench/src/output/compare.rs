@@ -43,6 +43,37 @@ const TABLE_KEYS: &[(&str, &str)] = &[
     ("client_cpu_ms_per_request", "client CPU / request (ms)"),
 ];
 
+/// Rows where one run wins, and whether lower is better: the winner's cell is starred and
+/// named under the table.
+const WINNER_KEYS: &[(&str, &str, bool)] = &[
+    ("median_ttft_ms", "TTFT median", true),
+    ("p99_ttft_ms", "TTFT p99", true),
+    ("median_itl_ms", "ITL median", true),
+    ("p99_itl_ms", "ITL p99", true),
+    ("output_throughput", "output tok/s", false),
+];
+
+/// The run that wins row `key` (`lower`: lower is better), when more than one run has it.
+fn winner(runs: &[Labeled], key: &str, lower: bool) -> Option<usize> {
+    let values: Vec<(usize, f64)> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r.line.get(key) {
+            Some(Field::Float(v)) if v.is_finite() => Some((i, *v)),
+            Some(Field::Json(Value::Number(n))) => n.as_f64().map(|v| (i, v)),
+            _ => None,
+        })
+        .collect();
+    if values.len() < 2 {
+        return None;
+    }
+    let better = |a: f64, b: f64| if lower { a < b } else { a > b };
+    values
+        .into_iter()
+        .reduce(|best, next| if better(next.1, best.1) { next } else { best })
+        .map(|(i, _)| i)
+}
+
 /// A run to compare: its label (column header or CSV first cell) and its line.
 #[derive(Debug, Clone)]
 pub struct Labeled {
@@ -112,9 +143,14 @@ pub fn table(runs: &[Labeled]) -> String {
         if fields.iter().all(|f| matches!(f, None | Some(Field::Json(Value::Null)))) {
             continue;
         }
-        rows.push(
-            std::iter::once((*name).to_owned()).chain(fields.into_iter().map(cell)).collect(),
-        );
+        let mut row: Vec<String> =
+            std::iter::once((*name).to_owned()).chain(fields.into_iter().map(cell)).collect();
+        if let Some(&(_, _, lower)) = WINNER_KEYS.iter().find(|(k, _, _)| k == key)
+            && let Some(best) = winner(runs, key, lower)
+        {
+            row[best + 1].push_str(" *");
+        }
+        rows.push(row);
     }
     let columns = rows[0].len();
     let widths: Vec<usize> = (0..columns)
@@ -135,6 +171,15 @@ pub fn table(runs: &[Labeled]) -> String {
             out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (columns - 1)));
             out.push('\n');
         }
+    }
+    let wins: Vec<String> = WINNER_KEYS
+        .iter()
+        .filter_map(|&(key, name, lower)| {
+            winner(runs, key, lower).map(|best| format!("{name}: {}", runs[best].label))
+        })
+        .collect();
+    if !wins.is_empty() {
+        let _ = writeln!(out, "best (*) — {}", wins.join("; "));
     }
     out
 }
@@ -199,7 +244,8 @@ mod tests {
         assert!(t.lines().next().unwrap().contains("f:2"), "{t}");
         let rate = t.lines().find(|l| l.starts_with("request rate")).unwrap();
         assert!(rate.contains("inf") && rate.ends_with(" 4"), "{rate}");
-        assert!(t.contains("12.35") && t.contains("20"), "{t}");
+        assert!(t.contains("12.35 *") && t.contains("20"), "{t}");
+        assert!(t.contains("best (*) — TTFT median: a"), "{t}");
         assert_eq!(decimal(0.000_002_346), "0.00000235");
         assert_eq!(decimal(0.5), "0.500");
         let c = csv(&runs);

@@ -104,13 +104,14 @@ async fn embed(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
             ..GenerateRequest::default()
         };
         let dispatch = Dispatch {
-            model: &entry,
-            policy: state.policy.as_ref(),
-            kv: &state.kv,
-            client: state.client.as_ref(),
+            model: entry.clone(),
+            policy: state.policy.clone(),
+            kv: state.kv.clone(),
+            client: state.client.clone(),
             max_attempts: state.config.max_attempts,
             deadline,
             timeout: state.config.request_timeout,
+            prefill_timeout: state.config.prefill_timeout,
         };
         let dispatched = dispatch.send(request).await?;
         if let Some(error) = &dispatched.first.error {

@@ -36,7 +36,7 @@ pub(crate) struct AppState {
     pub config: FrontendConfig,
     pub registry: ModelRegistry,
     pub client: Arc<dyn RequestClient>,
-    pub policy: Box<dyn Policy>,
+    pub policy: Arc<dyn Policy>,
     pub kv: Arc<KvRouter>,
 }
 
@@ -167,13 +167,14 @@ pub(crate) async fn launch(
         embed: false,
     };
     let dispatch = Dispatch {
-        model: &entry,
-        policy: state.policy.as_ref(),
-        kv: &state.kv,
-        client: state.client.as_ref(),
+        model: entry.clone(),
+        policy: state.policy.clone(),
+        kv: state.kv.clone(),
+        client: state.client.clone(),
         max_attempts: state.config.max_attempts,
         deadline,
         timeout: state.config.request_timeout,
+        prefill_timeout: state.config.prefill_timeout,
     };
     let dispatched_at = std::time::Instant::now();
     let dispatched = match dispatch.send(request).await {

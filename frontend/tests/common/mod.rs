@@ -289,6 +289,7 @@ impl Harness {
             address,
             card: Some(card),
             transport: "tcp".to_owned(),
+            ..InstanceRecord::default()
         };
         let registration =
             within(self.discovery.register(record, Duration::from_secs(5), self.shutdown.clone()))
@@ -387,6 +388,7 @@ async fn register(
         address: address.to_owned(),
         card: Some(card(model)),
         transport: "tcp".to_owned(),
+        ..InstanceRecord::default()
     };
     Ok(within(discovery.register(record, Duration::from_secs(5), shutdown.clone())).await?)
 }

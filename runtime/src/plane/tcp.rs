@@ -132,7 +132,7 @@ async fn serve_service(
 
 /// Connections accepted on `listener`, with `TCP_NODELAY` set, until `shutdown` fires; the
 /// listener is closed then.
-fn accept_until(
+pub fn accept_until(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = std::io::Result<TcpStream>> {

@@ -1,6 +1,8 @@
-//! The scheduler actor: owns the scheduler, takes new sequences from a channel, runs one
-//! step at a time for its simulated duration, and publishes KV events and load.
+//! The scheduler actor: owns the scheduler, takes commands (new sequences, KV hand-offs) from
+//! a channel, runs one step at a time for its simulated duration, frees held hand-off blocks
+//! when their lease expires, and publishes KV events and load.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,11 +11,11 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use switchyard_proto::{ErrorKind, KvEvent, LoadReport};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::scheduler::Scheduler;
+use super::scheduler::{HeldKv, Scheduler};
 use super::sequence::{SeqId, Sequence};
 use super::timing::scaled;
 
@@ -23,10 +25,31 @@ use super::timing::scaled;
 /// thousands of steps; a real stall (an overloaded host) is not made up for, though.
 const MAX_CATCH_UP: Duration = Duration::from_millis(5);
 
+/// What the engine asks of its scheduler.
+pub(crate) enum Command {
+    Add(Box<Sequence>),
+    /// Cache handed-over blocks; replies with how many leading ones are cached.
+    Import {
+        hashes: Vec<u64>,
+        done: oneshot::Sender<usize>,
+    },
+    /// Start the pull of held blocks.
+    Export {
+        transfer_id: String,
+        reply: oneshot::Sender<Option<HeldKv>>,
+    },
+    /// Free held blocks (pulled).
+    Release {
+        transfer_id: String,
+    },
+}
+
 pub(crate) struct Actor {
     pub scheduler: Scheduler,
     pub speedup_ratio: f64,
-    pub commands: mpsc::UnboundedReceiver<Sequence>,
+    /// How long held hand-off blocks wait for their pull.
+    pub lease: Duration,
+    pub commands: mpsc::UnboundedReceiver<Command>,
     pub events: broadcast::Sender<KvEvent>,
     /// Fires when a router asked for a snapshot of the cache.
     pub snapshot: Arc<Notify>,
@@ -45,6 +68,8 @@ impl Actor {
         tokio::pin!(sleep);
         let mut in_flight = false;
         let mut last_deadline: Option<Instant> = None;
+        // Held hand-offs, soonest expiry first (every lease is as long).
+        let mut leases: VecDeque<(Instant, String)> = VecDeque::new();
 
         loop {
             if !in_flight && self.scheduler.has_work() {
@@ -84,24 +109,31 @@ impl Actor {
                     self.scheduler.finish_step();
                     in_flight = false;
                     last_deadline = Some(sleep.deadline());
+                    let expires = Instant::now() + self.lease;
+                    leases.extend(self.scheduler.take_new_holds().into_iter().map(|id| (expires, id)));
+                }
+                () = tokio::time::sleep_until(leases.front().map_or_else(Instant::now, |l| l.0)), if !leases.is_empty() => {
+                    let now = Instant::now();
+                    while leases.front().is_some_and(|(at, _)| *at <= now) {
+                        if let Some((_, id)) = leases.pop_front() {
+                            self.scheduler.release_hold(&id);
+                        }
+                    }
                 }
                 Some(id) = cancels.next(), if !cancels.is_empty() => {
                     self.scheduler.cancel(id);
                 }
                 () = self.snapshot.notified() => self.scheduler.snapshot_kv(),
                 command = self.commands.recv() => {
-                    let Some(seq) = command else {
+                    let Some(command) = command else {
                         // The engine was dropped.
                         break;
                     };
                     // Everything already sent joins the next step together, as an engine
                     // drains its input queue before scheduling.
-                    let mut next = Some(seq);
-                    while let Some(seq) = next {
-                        let id = seq.id;
-                        let cancelled = seq.abort.clone().cancelled_owned();
-                        cancels.push(cancelled.map(move |()| id).boxed());
-                        self.scheduler.add(seq);
+                    let mut next = Some(command);
+                    while let Some(command) = next {
+                        self.handle(command, &mut cancels);
                         next = self.commands.try_recv().ok();
                     }
                 }
@@ -111,8 +143,10 @@ impl Actor {
 
         // Sequences sent but not yet taken get the same clear error as the rest.
         self.commands.close();
-        while let Ok(seq) = self.commands.try_recv() {
-            self.scheduler.add(seq);
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Add(seq) = command {
+                self.scheduler.add(*seq);
+            }
         }
         self.scheduler.fail_all(
             ErrorKind::ShuttingDown,
@@ -120,6 +154,29 @@ impl Actor {
         );
         self.publish(&mut next_event_id);
         tracing::debug!(preemptions = self.scheduler.preemptions(), "mocker scheduler stopped");
+    }
+
+    fn handle(
+        &mut self,
+        command: Command,
+        cancels: &mut FuturesUnordered<BoxFuture<'static, SeqId>>,
+    ) {
+        match command {
+            Command::Add(seq) => {
+                let seq = *seq;
+                let id = seq.id;
+                let cancelled = seq.abort.clone().cancelled_owned();
+                cancels.push(cancelled.map(move |()| id).boxed());
+                self.scheduler.add(seq);
+            }
+            Command::Import { hashes, done } => {
+                let _ = done.send(self.scheduler.import(&hashes));
+            }
+            Command::Export { transfer_id, reply } => {
+                let _ = reply.send(self.scheduler.export_hold(&transfer_id));
+            }
+            Command::Release { transfer_id } => self.scheduler.release_hold(&transfer_id),
+        }
     }
 
     /// Sends the cache's new events, numbered, and the current load.

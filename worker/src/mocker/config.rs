@@ -1,5 +1,6 @@
 //! The mocker's configuration: cache geometry, scheduler limits, token sampling and timing.
 
+use super::handoff::HandoffConfig;
 use super::timing::TimingProfile;
 use crate::{Error, Result};
 
@@ -38,6 +39,8 @@ pub struct MockerConfig {
     pub context_length: u32,
     /// Step latencies of the simulated GPU + model.
     pub profile: TimingProfile,
+    /// Size, scaling and link of prefill/decode KV hand-offs.
+    pub handoff: HandoffConfig,
     /// Recorded outputs to replay instead of random tokens: a request's output is entry
     /// `seed mod len` (entry 0 without a seed), then EOS. For exercising clients and output
     /// parsers with real models' outputs; empty for random tokens.
@@ -61,6 +64,7 @@ impl Default for MockerConfig {
             eos_token_ids: vec![2],
             context_length: 8_192,
             profile: TimingProfile::default(),
+            handoff: HandoffConfig::default(),
             replay: Vec::new(),
         }
     }
@@ -139,6 +143,7 @@ impl MockerConfig {
                 "eos_token_ids cover the whole vocabulary: no ordinary token is left".to_owned(),
             ));
         }
+        self.handoff.validate()?;
         self.profile.validate()
     }
 

@@ -213,6 +213,41 @@ impl KvCache {
         }
     }
 
+    /// Caches the blocks of `hashes` (a chain from the first block, handed over by another
+    /// worker) that are not cached yet, as unused cached blocks, evicting older ones if
+    /// needed; they are announced as stored. Stops early when no block can be had. Returns
+    /// how many leading blocks are cached afterwards.
+    pub(crate) fn import(&mut self, hashes: &[u64]) -> usize {
+        if !self.prefix_caching {
+            return 0;
+        }
+        let mut run: Option<(Option<u64>, Vec<u64>)> = None;
+        let mut cached = 0;
+        for (i, &hash) in hashes.iter().enumerate() {
+            if !self.by_hash.contains_key(&hash) {
+                let mut table = Vec::with_capacity(1);
+                if !self.allocate(1, &mut table) {
+                    break;
+                }
+                let parent = i.checked_sub(1).map(|p| hashes[p]);
+                let id = table[0];
+                let meta = &mut self.blocks[id as usize];
+                meta.hash = Some(hash);
+                meta.parent = parent;
+                self.by_hash.insert(hash, id);
+                run.get_or_insert_with(|| (parent, Vec::new())).1.push(hash);
+                self.release(&mut table);
+            } else if let Some(stored) = run.take() {
+                self.push_stored(stored);
+            }
+            cached += 1;
+        }
+        if let Some(stored) = run {
+            self.push_stored(stored);
+        }
+        cached
+    }
+
     /// Forgets every cached block nobody holds, e.g. when the engine stops.
     pub(crate) fn clear(&mut self) {
         while let Some(id) = self.lru.pop_front() {

@@ -7,9 +7,16 @@
 //! [`TimingProfile`]) slept out on the tokio clock, so paused-time tests see exact times.
 //! Tokens are pseudo-random but deterministic per seed. It publishes real KV events and
 //! load reports.
+//!
+//! Prefill/decode split: a prefill-only request holds its prompt's blocks after its first
+//! token until a decode worker pulls them or a lease expires; the pull carries real bytes
+//! (the model's KV size scaled down) and the importing side waits out the modelled time of
+//! the full size over the configured link (see [`HandoffConfig`]). Imported blocks enter the
+//! cache like computed ones: KV events, load, later prefix hits.
 
 mod actor;
 mod config;
+mod handoff;
 mod kv_cache;
 mod lru;
 mod sampler;
@@ -20,19 +27,22 @@ mod timing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard_proto::{GenerateRequest, KvEvent, LoadReport, ModelCard};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use futures::StreamExt;
+use switchyard_proto::{GenerateRequest, KvEvent, KvHandle, LoadReport, ModelCard};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::MockerConfig;
+pub use handoff::{HandoffConfig, KvLink};
 pub use timing::{Quadratic, TimingProfile};
 
-use crate::engine::{Engine, EngineStream};
+use crate::engine::{Engine, EngineStream, KvExport, KvTransferEngine};
 use crate::{Error, Result};
-use actor::Actor;
+use actor::{Actor, Command};
 use scheduler::Scheduler;
 use sequence::Sequence;
 use stream::OutputStream;
@@ -49,7 +59,7 @@ pub const ENGINE_KIND: &str = "mocker";
 pub struct MockerEngine {
     card: ModelCard,
     config: MockerConfig,
-    commands: mpsc::UnboundedSender<Sequence>,
+    commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
     events: broadcast::Sender<KvEvent>,
     snapshot: Arc<Notify>,
@@ -84,6 +94,7 @@ impl MockerEngine {
         let actor = Actor {
             scheduler,
             speedup_ratio: config.speedup_ratio,
+            lease: config.handoff.lease,
             commands: commands_rx,
             events: events.clone(),
             snapshot: snapshot.clone(),
@@ -151,7 +162,7 @@ impl Engine for MockerEngine {
         let abort = cancel.child_token();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seq = Sequence::new(id, &self.config, request, output, abort.clone())?;
-        self.commands.send(seq).map_err(|_| Error::ShuttingDown)?;
+        self.commands.send(Command::Add(Box::new(seq))).map_err(|_| Error::ShuttingDown)?;
         Ok(Box::pin(OutputStream::new(output_rx, abort)))
     }
 
@@ -167,5 +178,80 @@ impl Engine for MockerEngine {
         // Requests that arrive before the actor takes the first collapse into one snapshot.
         self.snapshot.notify_one();
         true
+    }
+
+    fn serves_prefill(&self) -> bool {
+        true
+    }
+
+    fn kv_transfer(&self) -> Option<&dyn KvTransferEngine> {
+        Some(self)
+    }
+}
+
+/// Frees a pulled hand-off's held blocks when its export stream ends or is dropped.
+struct ReleaseOnDrop {
+    commands: mpsc::UnboundedSender<Command>,
+    transfer_id: String,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let transfer_id = std::mem::take(&mut self.transfer_id);
+        let _ = self.commands.send(Command::Release { transfer_id });
+    }
+}
+
+#[async_trait]
+impl KvTransferEngine for MockerEngine {
+    async fn export_kv(&self, handle: &KvHandle) -> Result<KvExport> {
+        let (reply, answer) = oneshot::channel();
+        let transfer_id = handle.transfer_id.clone();
+        self.commands
+            .send(Command::Export { transfer_id: transfer_id.clone(), reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        let held = answer.await.map_err(|_| Error::ShuttingDown)?.ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "no KV held under transfer id {transfer_id:?} (unknown, pulled already, or its \
+                 lease expired)"
+            ))
+        })?;
+        let release = ReleaseOnDrop { commands: self.commands.clone(), transfer_id };
+        let data =
+            self.config.handoff.encode(held.tokens, self.config.block_tokens(), &held.hashes);
+        let total_bytes = data.len() as u64;
+        let chunks = crate::kv_transfer::chunked(data).map(move |chunk| {
+            let _held_until_read = &release;
+            chunk
+        });
+        Ok(KvExport { total_bytes, chunks: Box::pin(chunks) })
+    }
+
+    async fn import_kv(&self, handle: &KvHandle, data: Vec<u8>, pulled_in: Duration) -> Result<()> {
+        let tokens = handle.tokens as usize;
+        let bs = self.config.block_tokens();
+        if handle.block_hashes.len() != tokens / bs {
+            return Err(Error::InvalidRequest(format!(
+                "a KV handle of {tokens} tokens names {} blocks; blocks of {bs} tokens make {}",
+                handle.block_hashes.len(),
+                tokens / bs
+            )));
+        }
+        self.config.handoff.verify(&data, tokens, bs, &handle.block_hashes)?;
+        // The full size over the modelled link, less what the real pull already took.
+        let link_ms = self.config.handoff.link.transfer_ms(handle.bytes);
+        let modelled = timing::scaled(link_ms, self.config.speedup_ratio);
+        tokio::time::sleep(modelled.saturating_sub(pulled_in)).await;
+        let (done, imported) = oneshot::channel();
+        let hashes = handle.block_hashes.clone();
+        self.commands.send(Command::Import { hashes, done }).map_err(|_| Error::ShuttingDown)?;
+        let cached = imported.await.map_err(|_| Error::ShuttingDown)?;
+        if cached < handle.block_hashes.len() {
+            return Err(Error::Overloaded(format!(
+                "only {cached} of {} handed-over blocks fit in the KV cache",
+                handle.block_hashes.len()
+            )));
+        }
+        Ok(())
     }
 }

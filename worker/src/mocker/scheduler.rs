@@ -5,7 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, LoadReport, WorkerError, kv_event};
+use switchyard_proto::{
+    ErrorKind, FinishReason, GenerateChunk, KvHandle, LoadReport, WorkerError, kv_event,
+};
 
 use super::MockerConfig;
 use super::kv_cache::KvCache;
@@ -52,6 +54,31 @@ pub(crate) struct Scheduler {
     /// The step in flight.
     step: Vec<Scheduled>,
     preemptions: u64,
+    /// Blocks of finished prefill-only sequences, held for a decode worker's pull, by
+    /// transfer id.
+    held: HashMap<String, Held>,
+    /// Transfer ids held since the owner last asked, so it can start their leases.
+    new_holds: Vec<String>,
+    /// Makes transfer ids unique across engines: decode workers quote them to any of them.
+    transfer_prefix: String,
+}
+
+/// The KV of a prompt a prefill-only sequence computed, waiting for its pull.
+#[derive(Debug)]
+struct Held {
+    blocks: Vec<super::kv_cache::BlockId>,
+    /// Hashes of the prompt's full blocks.
+    hashes: Vec<u64>,
+    tokens: usize,
+    /// Set once a pull took it: a second pull of the same handle is refused.
+    exporting: bool,
+}
+
+/// What a pull of held blocks needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeldKv {
+    pub hashes: Vec<u64>,
+    pub tokens: usize,
 }
 
 impl Scheduler {
@@ -67,6 +94,9 @@ impl Scheduler {
             running: Vec::new(),
             step: Vec::new(),
             preemptions: 0,
+            held: HashMap::new(),
+            new_holds: Vec::new(),
+            transfer_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             config,
         }
     }
@@ -158,7 +188,7 @@ impl Scheduler {
             let lookup = entry.seq.lookup_hashes(bs);
             let looked_up = lookup.len();
             let prefix = self.cache.cached_prefix(lookup);
-            let computed = prefix.blocks * bs;
+            let computed = entry.seq.computed_at_admission(prefix.blocks, bs);
             let remaining = entry.seq.len() - computed;
             let tokens = if self.config.enable_chunked_prefill {
                 remaining.min(budget)
@@ -184,9 +214,10 @@ impl Scheduler {
             debug_assert!(ok, "capacity was checked above");
             seq.blocks = blocks;
             seq.admit(prefix.blocks, bs);
+            let prefill = seq.is_prefilling();
             entry.running = true;
             self.running.push(id);
-            self.step.push(Scheduled { id, tokens, prefill: true });
+            self.step.push(Scheduled { id, tokens, prefill });
             budget -= tokens;
         }
     }
@@ -232,10 +263,30 @@ impl Scheduler {
                 FinishReason::Unspecified
             };
             let last = finish != FinishReason::Unspecified;
+            let kv_handle = (last && seq.hands_off(sampled.stops)).then(|| {
+                let transfer_id = format!("{}-{}", self.transfer_prefix, s.id);
+                let tokens = seq.prompt_len();
+                let hashes = seq.hashes()[..tokens / bs].to_vec();
+                let handle = KvHandle {
+                    block_hashes: hashes.clone(),
+                    bytes: self.config.handoff.full_bytes(tokens),
+                    transfer_id: transfer_id.clone(),
+                    lease_ms: u64::try_from(self.config.handoff.lease.as_millis())
+                        .unwrap_or(u64::MAX),
+                    tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+                    ..KvHandle::default()
+                };
+                let blocks = std::mem::take(&mut seq.blocks);
+                self.held
+                    .insert(transfer_id.clone(), Held { blocks, hashes, tokens, exporting: false });
+                self.new_holds.push(transfer_id);
+                handle
+            });
             let chunk = GenerateChunk {
                 token_ids: vec![sampled.token],
                 finish_reason: finish as i32,
                 usage: last.then(|| seq.usage()),
+                kv_handle,
                 ..GenerateChunk::default()
             };
             // A closed stream means the client left: free its blocks now.
@@ -281,6 +332,10 @@ impl Scheduler {
         for id in ids {
             self.fail(id, kind, message);
         }
+        let held: Vec<String> = self.held.keys().cloned().collect();
+        for transfer_id in held {
+            self.release_hold(&transfer_id);
+        }
         self.waiting.clear();
         self.cache.clear();
     }
@@ -312,6 +367,33 @@ impl Scheduler {
         // Retires the actor's watch on this sequence's cancellation.
         entry.seq.abort.cancel();
         Some(entry)
+    }
+
+    /// Transfer ids held since the last call.
+    pub(crate) fn take_new_holds(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_holds)
+    }
+
+    /// Starts the pull of a held transfer: what it carries, or `None` when the id is unknown,
+    /// its lease expired or another pull took it. The blocks stay held until
+    /// [`Scheduler::release_hold`].
+    pub(crate) fn export_hold(&mut self, transfer_id: &str) -> Option<HeldKv> {
+        let held = self.held.get_mut(transfer_id).filter(|h| !h.exporting)?;
+        held.exporting = true;
+        Some(HeldKv { hashes: held.hashes.clone(), tokens: held.tokens })
+    }
+
+    /// Frees a held transfer's blocks (pulled, or its lease expired); they stay cached.
+    pub(crate) fn release_hold(&mut self, transfer_id: &str) {
+        if let Some(mut held) = self.held.remove(transfer_id) {
+            self.cache.release(&mut held.blocks);
+        }
+    }
+
+    /// Caches handed-over blocks (see [`KvCache::import`]); returns how many leading ones
+    /// are cached now.
+    pub(crate) fn import(&mut self, hashes: &[u64]) -> usize {
+        self.cache.import(hashes)
     }
 
     pub(crate) fn load(&self) -> LoadReport {

@@ -31,6 +31,14 @@ pub(crate) struct Sequence {
     /// preemption, the prompt plus what it had generated), at or above it decodes.
     prefill_end: usize,
     max_tokens: u32,
+    /// Set for a prefill-only request: it generates one token, then its blocks are held
+    /// for a decode worker to pull (when the client asked for more than one token).
+    pub prefill_only: bool,
+    /// The client's `max_tokens` (a prefill-only sequence itself stops after one).
+    client_max_tokens: u32,
+    /// Prompt tokens whose KV a prefill worker handed over and this engine imported: at the
+    /// first admission they count as computed when their full blocks are cached.
+    imported_tokens: usize,
     sampler: TokenSampler,
     /// Prompt tokens served from the prefix cache at the first admission.
     cached_tokens: Option<u32>,
@@ -53,17 +61,33 @@ impl Sequence {
         let sampler = TokenSampler::new(config, &sampling, &request.request_id);
         validate(config, &request, &sampling, &sampler)?;
         let bs = config.block_tokens();
-        let hashes = prompt_hashes(&request.token_ids, &request.block_hashes, bs);
+        let disaggregated = request.disaggregated.unwrap_or_default();
+        let prompt_len = request.token_ids.len();
+        let imported_tokens = disaggregated
+            .kv_handle
+            .as_ref()
+            .map_or(0, |handle| (handle.tokens as usize).min(prompt_len));
+        let mut tokens = request.token_ids;
+        tokens.extend_from_slice(&disaggregated.generated_token_ids);
+        let hashes = if tokens.len() == prompt_len {
+            prompt_hashes(&tokens, &request.block_hashes, bs)
+        } else {
+            switchyard_router::block_hashes(&tokens, bs)
+        };
+        let prefill_only = disaggregated.prefill_only;
         Ok(Self {
             id,
-            prompt_len: request.token_ids.len(),
-            tokens: request.token_ids,
+            prompt_len,
+            tokens,
             hashes,
             blocks: Vec::new(),
             registered: 0,
             computed: 0,
             prefill_end: 0,
-            max_tokens: sampling.max_tokens,
+            max_tokens: if prefill_only { 1 } else { sampling.max_tokens },
+            prefill_only,
+            client_max_tokens: sampling.max_tokens,
+            imported_tokens,
             sampler,
             cached_tokens: None,
             output,
@@ -100,12 +124,28 @@ impl Sequence {
         &self.hashes
     }
 
+    /// Tokens computed once admitted with `hit_blocks` leading blocks cached: those
+    /// blocks, or the whole imported prompt when its full blocks are all there (the partial
+    /// last block came with them).
+    pub(crate) fn computed_at_admission(&self, hit_blocks: usize, block_size: usize) -> usize {
+        if self.imported_tokens > 0 && hit_blocks >= self.imported_tokens / block_size {
+            self.imported_tokens
+        } else {
+            hit_blocks * block_size
+        }
+    }
+
     /// Starts (or restarts after preemption) with `hit_blocks` leading blocks from the
-    /// cache, already appended to `blocks`.
+    /// cache, already appended to `blocks`. An imported prompt goes on as a decode: its
+    /// generated tokens are computed one step at a time.
     pub(crate) fn admit(&mut self, hit_blocks: usize, block_size: usize) {
-        self.computed = hit_blocks * block_size;
+        self.computed = self.computed_at_admission(hit_blocks, block_size);
         self.registered = hit_blocks;
-        self.prefill_end = self.tokens.len();
+        self.prefill_end = if self.computed == self.imported_tokens && self.imported_tokens > 0 {
+            self.computed
+        } else {
+            self.tokens.len()
+        };
         if self.cached_tokens.is_none() {
             self.cached_tokens = Some(u32::try_from(self.computed).unwrap_or(u32::MAX));
         }
@@ -116,6 +156,8 @@ impl Sequence {
         debug_assert!(self.blocks.is_empty());
         self.computed = 0;
         self.registered = 0;
+        // The imported partial block is gone with the blocks: everything is recomputed.
+        self.imported_tokens = 0;
     }
 
     /// Blocks the sequence must hold to compute `new_tokens` more tokens.
@@ -156,6 +198,16 @@ impl Sequence {
         self.generated() >= self.max_tokens as usize
     }
 
+    /// Whether a finished prefill-only sequence hands its blocks to a decode worker: the
+    /// client wants more tokens than this one and it did not end the sequence.
+    pub(crate) fn hands_off(&self, stopped: bool) -> bool {
+        self.prefill_only && !stopped && self.client_max_tokens > 1
+    }
+
+    pub(crate) fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
     pub(crate) fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: u32::try_from(self.prompt_len).unwrap_or(u32::MAX),
@@ -176,12 +228,20 @@ fn validate(
     if prompt == 0 {
         return invalid("the prompt is empty: at least one token is needed".to_owned());
     }
-    if let Some(d) = &request.disaggregated
-        && (d.prefill_only || d.kv_handle.is_some())
-    {
-        return invalid("the mocker engine does not serve disaggregated prefill/decode".to_owned());
-    }
     let max_tokens = sampling.max_tokens as usize;
+    if let Some(d) = &request.disaggregated {
+        if d.prefill_only && (d.kv_handle.is_some() || !d.generated_token_ids.is_empty()) {
+            return invalid(
+                "a prefill-only request carries no KV handle or generated tokens".into(),
+            );
+        }
+        if d.generated_token_ids.len() >= max_tokens.max(1) {
+            return invalid(format!(
+                "{} generated tokens given, but max_tokens is {max_tokens}",
+                d.generated_token_ids.len()
+            ));
+        }
+    }
     if max_tokens == 0 {
         return invalid("max_tokens must be at least 1".to_owned());
     }
