@@ -51,6 +51,8 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Response {
                 object: "model",
                 created: m.created,
                 owned_by: "switchyard",
+                root: m.preprocessor.source(),
+                max_model_len: m.context_length,
             })
             .collect(),
     };

@@ -36,9 +36,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The fast byte-level BPE encoder and the chat template renderer, shared with the load
+/// generator (it measures prompts and outputs as this frontend tokenizes them).
+pub use bpe::FastBpe;
 pub use config::FrontendConfig;
 pub use error::Error;
 pub use switchyard_router::PolicyKind;
+pub use template::ChatTemplate;
 
 use crate::handlers::AppState;
 use crate::kv_router::KvRouter;

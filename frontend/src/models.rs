@@ -83,6 +83,11 @@ impl PreprocessorSlot {
         PreprocessorSlot { source, loaded: OnceCell::new(), failure: Mutex::new(None) }
     }
 
+    /// Where the tokenizer and chat template come from (the instances' card).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The loaded preprocessor; the first caller loads it on a blocking thread and the others
     /// wait for that load.
     pub async fn get(&self) -> Result<Arc<Preprocessor>, Error> {

@@ -13,7 +13,7 @@ use serde::Serialize;
 const TEMPLATE_NAME: &str = "chat";
 
 /// A compiled chat template, rendered for each request.
-pub(crate) struct ChatTemplate {
+pub struct ChatTemplate {
     env: Environment<'static>,
 }
 
