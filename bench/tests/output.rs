@@ -153,3 +153,23 @@ async fn a_sweep_writes_one_line_per_point_and_a_report_with_its_charts() {
     assert!(page.contains("fraction of token gaps"));
     assert!(page.contains("sweep rate=inf conc=4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_tokenizer_cannot_be_found_gets_the_fallback_warning() {
+    let server = ScriptedServer::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(&server.url, dir.path());
+    // No --tokenizer: the server is asked; it names no root, and "scripted" is no model here.
+    plan.tokenizer = None;
+    let facts =
+        tokio::time::timeout(WAIT, switchyard_bench::sweep::probe_server(&plan, &server.url))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(facts.first_model().as_deref(), Some("scripted"));
+    let bench = Bench::prepare(plan, Some(facts)).unwrap();
+    let warning = bench.tokenizer_warning().unwrap();
+    assert!(warning.starts_with("WARNING:"), "{warning}");
+    assert!(warning.contains("\"scripted\" (the model id)"), "{warning}");
+    assert!(warning.contains("--tokenizer"), "{warning}");
+}
