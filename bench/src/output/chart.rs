@@ -141,25 +141,15 @@ pub fn bars(
             .y_label_area_size(64)
             .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
             .map_err(report_error)?;
-        let labels: Vec<String> = values.iter().map(|v| v.0.clone()).collect();
+        // Runs are named above their bars: the x axis carries no labels of its own.
         c.configure_mesh()
             .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                // Bars sit between whole numbers: label each at its middle.
-                let i = x.floor();
-                if (x - i - 0.5).abs() < 1e-6 && i >= 0.0 {
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|_| String::new())
             .y_desc(y_desc)
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(report_error)?;
-        for (i, (_, v)) in values.iter().enumerate() {
+        for (i, (label, v)) in values.iter().enumerate() {
             let x = i as f64;
             let winner = best == Some(i);
             let colour = if winner { color(0) } else { RGBColor(140, 170, 200) };
@@ -168,10 +158,11 @@ pub fn bars(
                 colour.filled(),
             )))
             .map_err(report_error)?;
-            let text = if winner { format!("★ {}", short(*v)) } else { short(*v) };
+            let star = if winner { "★ " } else { "" };
+            let text = format!("{star}{label}: {}", short(*v));
             c.draw_series(std::iter::once(Text::new(
                 text,
-                (x + 0.3, *v + y_max * 0.03),
+                (x + 0.15, *v + y_max * 0.03),
                 ("sans-serif", 13),
             )))
             .map_err(report_error)?;

@@ -141,6 +141,29 @@ pub fn table(runs: &[Labeled]) -> String {
     out
 }
 
+/// The headline rows as an HTML table (the report's first table).
+pub fn table_html(runs: &[Labeled]) -> String {
+    let esc = super::chart::escape;
+    let mut out = String::from("<table>\n<tr><th>metric</th>");
+    for r in runs {
+        out.push_str(&format!("<th>{}</th>", esc(&r.label)));
+    }
+    out.push_str("</tr>\n");
+    for (key, name) in TABLE_KEYS {
+        let fields: Vec<Option<&Field>> = runs.iter().map(|r| r.line.get(key)).collect();
+        if fields.iter().all(|f| matches!(f, None | Some(Field::Json(Value::Null)))) {
+            continue;
+        }
+        out.push_str(&format!("<tr><td>{}</td>", esc(name)));
+        for f in fields {
+            out.push_str(&format!("<td>{}</td>", esc(&cell(f))));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    out
+}
+
 /// CSV: a `label` column, then every key any run has (first-seen order), one value per cell.
 /// Objects are flattened into `key.sub` columns; lists (the per-request lists of
 /// `--output-details`, saved outputs) are left out, so every cell stays small enough for

@@ -102,7 +102,7 @@ fn is_scalar(field: Option<&Field>) -> bool {
 
 /// The comparison table: one row per scalar key, under its readable name.
 pub fn table_html(table: &[Labeled]) -> String {
-    let mut out = String::from("<table>\n<tr><th>metric</th>");
+    let mut out = String::from("<table>\n<tr><th>figure</th>");
     for run in table {
         let _ = write!(out, "<th>{}</th>", escape(&run.label));
     }
@@ -126,8 +126,10 @@ pub fn table_html(table: &[Labeled]) -> String {
 pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
     let mut out = chart::page_head("switchyard bench report");
     out.push_str("<h1>switchyard bench</h1>\n");
+    out.push_str(&super::compare::table_html(table));
+    out.push_str("<details><summary>Every figure of the runs</summary>\n");
     out.push_str(&table_html(table));
-    out.push_str("<h2>Latency</h2>\n<div class=\"plots\">\n");
+    out.push_str("</details>\n<h2>Latency</h2>\n<div class=\"plots\">\n");
     type Pick = fn(&ReportRun) -> &Vec<f64>;
     let cdfs: [(&str, &str, Pick); 3] = [
         ("Time to first token (CDF)", "fraction of requests", |r| &r.ttft_ms),
@@ -158,7 +160,13 @@ pub fn html(runs: &[ReportRun], table: &[Labeled]) -> Result<String, Error> {
                     .collect(),
             })
             .collect();
-        out.push_str(&figure(title, &chart::xy(title, "s", y_desc, &series, Style::Lines)?));
+        // A run shorter than a few seconds has too few points for a line alone.
+        let style = if runs.iter().all(|r| r.timeline.len() < 3) {
+            Style::LinesAndPoints
+        } else {
+            Style::Lines
+        };
+        out.push_str(&figure(title, &chart::xy(title, "s", y_desc, &series, style)?));
     }
     out.push_str("</div>\n");
     for run in runs {

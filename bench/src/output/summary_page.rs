@@ -158,7 +158,9 @@ fn best(values: &[Option<f64>], better: Better) -> Option<usize> {
         Better::Lower => a.1.total_cmp(&b.1),
         Better::Higher => b.1.total_cmp(&a.1),
     };
-    present.iter().min_by(|a, b| pick(a, b)).map(|(i, _)| *i)
+    let (i, v) = *present.iter().min_by(|a, b| pick(a, b))?;
+    // A tie has no winner.
+    (present.iter().filter(|(_, w)| *w == v).count() == 1).then_some(i)
 }
 
 /// A row of the page with every run's value and the best run.
