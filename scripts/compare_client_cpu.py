@@ -79,7 +79,8 @@ def main() -> None:
         # sample, repeated until there are enough.
         sample = json.loads(SHAREGPT.read_text())
         sharegpt = work / "sharegpt.json"
-        copies = -(-args.num_prompts // len(sample))
+        # Conversations with fewer than two turns are skipped by bench_serving: spare some.
+        copies = -(-args.num_prompts * 2 // len(sample))
         sharegpt.write_text(json.dumps(sample * copies))
         common = ["--base-url", url, "--backend", "sglang-oai", "--dataset-name", "random",
                   "--random-input-len", str(args.input_len), "--random-range-ratio", "1",
@@ -99,6 +100,9 @@ def main() -> None:
                                   "--output-file", str(theirs)],
                                  work / f"sglang-{out_len}-{n}.log")
                 line = json.loads(ours.read_text().splitlines()[-1])
+                sent = [json.loads(f.read_text().splitlines()[-1])["completed"] for f in (ours, theirs)]
+                if sent != [n, n]:
+                    sys.exit(f"completed requests {sent}, expected {n} each; see {work}")
                 rows.append((out_len, n, cpu_ours, cpu_theirs, line["client_process_cpu_ms_per_request"]))
         print(f"{'output':>6} {'client':>12} {'total ms/req':>13} {'marginal ms/req':>16}")
         for out_len in sorted({r[0] for r in rows}):
