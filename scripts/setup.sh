@@ -2,11 +2,13 @@
 # Installs what building and testing Switchyard needs on Debian 12: the mold linker, protoc,
 # nats-server and etcd (for the server-mode tests), headless Chromium (the bench's pages are
 # rendered in it), and a Python venv with the official `openai` client (for the
-# API-compatibility tests). Safe to run again.
+# API-compatibility tests) and Jinja2 (the chat-template corpus test renders real templates
+# with it, as `transformers` does), and debootstrap (the container tests build their image
+# offline with it; they also need the Docker engine and docker-compose). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl chromium)
+packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,8 +25,8 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 # The venv lives in the checkout (ignored by git); tests find it at .venv/bin/python.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, jinja2" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3"
+  .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3" "jinja2>=3.1,<4"
 fi
 echo "setup done: $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"

@@ -56,7 +56,7 @@ impl TokenCounter {
         let template = match files {
             Some(files) => match files.tokenizer_config.chat_template.clone() {
                 Some(text) => Some(Arc::new(Template {
-                    template: ChatTemplate::compile(text)
+                    template: ChatTemplate::compile(&text)
                         .map_err(|e| fail(&format!("chat template: {e}")))?,
                     bos_token: files.tokenizer_config.bos_token.clone(),
                     eos_token: files.tokenizer_config.eos_token.clone(),

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::metrics::{ModelMetrics, instance_requests_counter};
+use crate::parsers::ParserConfig;
 use crate::preprocess::Preprocessor;
 
 /// After a failed load, requests get the same error for this long before loading is retried,
@@ -50,6 +51,8 @@ pub(crate) struct ModelEntry {
     pub kv_block_size: usize,
     pub preprocessor: Arc<PreprocessorSlot>,
     pub metrics: Arc<ModelMetrics>,
+    /// Output parsers the instances' cards name.
+    pub parsers: ParserConfig,
 }
 
 /// A snapshot of every model, swapped whole on each discovery change.
@@ -86,6 +89,14 @@ impl PreprocessorSlot {
     /// Where the tokenizer and chat template come from (the instances' card).
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Why loading failed, while the failure stands (cleared by a successful load).
+    pub fn failure(&self) -> Option<String> {
+        if self.loaded.get().is_some() {
+            return None;
+        }
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, r)| r.clone())
     }
 
     /// The loaded preprocessor; the first caller loads it on a blocking thread and the others
@@ -220,6 +231,10 @@ impl TableBuilder {
                     "instances disagree on the KV block size; using {kv_block_size}"
                 );
             }
+            let parsers = cards()
+                .next()
+                .map(|c| ParserConfig::from_names(&c.reasoning_parser, &c.tool_call_parser))
+                .unwrap_or_default();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let entry = ModelEntry {
                 name: name.to_owned(),
@@ -234,6 +249,7 @@ impl TableBuilder {
                     .or_insert_with(|| Arc::new(ModelMetrics::new(name)))
                     .clone(),
                 instances,
+                parsers,
             };
             models.insert(name.to_owned(), Arc::new(entry));
         }
@@ -249,6 +265,7 @@ impl TableBuilder {
                     kv_block_size: gone.kv_block_size,
                     preprocessor: gone.preprocessor.clone(),
                     metrics: gone.metrics.clone(),
+                    parsers: gone.parsers,
                 };
                 models.insert(name.clone(), Arc::new(entry));
             }

@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod bench_files;
 pub mod bench_flags;
+pub mod deploy;
 pub mod frontend;
+pub mod health;
 pub mod logging;
 pub mod plane;
 pub mod shutdown;
@@ -37,6 +39,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Benchmark a server or local topologies (sglang.bench_serving's flags and JSONL).
     Bench(Box<bench::BenchArgs>),
+    /// Print the Docker Compose file or Kubernetes manifests of a topology.
+    Deploy(deploy::DeployArgs),
+    /// Probe a server on this host: exit 0 when healthy (container health checks).
+    Health(health::HealthArgs),
 }
 
 /// Runs `command`; `log` is the `--log` filter, handed on to child processes.
@@ -46,5 +52,7 @@ pub async fn run(command: Command, log: &str) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(args, shutdown::on_signal()).await,
         Command::Up(args) => up::run(args, shutdown::on_signal()).await,
         Command::Bench(args) => bench::run(*args, log, shutdown::on_signal()).await,
+        Command::Health(args) => health::run(args).await,
+        Command::Deploy(args) => deploy::run(&args),
     }
 }

@@ -3,9 +3,12 @@
 
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod mocker;
 pub mod service;
+pub mod status;
 
 pub use engine::{Engine, EngineStream};
 pub use error::{Error, Result};
 pub use service::{PlaneListener, WorkerConfig, serve};
+pub use status::{WorkerStatus, serve_status};

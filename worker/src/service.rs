@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::{Engine, Error, Result};
+use crate::{Engine, Error, Result, WorkerStatus};
 
 /// How a worker presents itself and how long it waits on the way out.
 #[derive(Debug, Clone)]
@@ -37,6 +37,12 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// Longest wait for in-flight requests to finish on shutdown; they are cancelled after.
     pub drain_timeout: Duration,
+    /// Told when the worker serves and when it drains, for its status port.
+    pub status: Option<Arc<WorkerStatus>>,
+    /// Output parsers the frontend applies to this model's text, published in the card
+    /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
+    pub reasoning_parser: Option<String>,
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +53,9 @@ impl Default for WorkerConfig {
             role: Role::Aggregated,
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
+            status: None,
+            reasoning_parser: None,
+            tool_call_parser: None,
         }
     }
 }
@@ -125,12 +134,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let instance_id = config.instance_id.clone().unwrap_or_else(new_instance_id);
+    let mut card = engine.card().clone();
+    if let Some(parser) = &config.reasoning_parser {
+        card.reasoning_parser.clone_from(parser);
+    }
+    if let Some(parser) = &config.tool_call_parser {
+        card.tool_call_parser.clone_from(parser);
+    }
     let record = InstanceRecord {
         instance_id: instance_id.clone(),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
         address: listener.address(config.advertise_host.as_deref())?,
-        card: Some(engine.card().clone()),
+        card: Some(card),
         transport: listener.transport().to_owned(),
     };
 
@@ -168,9 +184,16 @@ pub async fn serve(
         model = %record.card.as_ref().map(|c| c.model.as_str()).unwrap_or_default(),
         "worker serving"
     );
+    if let Some(status) = &config.status {
+        let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
+        status.serving(&record.instance_id, registration.lease_health(), engine, in_flight);
+    }
 
     shutdown.cancelled().await;
     info!(instance = %record.instance_id, "shutting down: deregistering, then draining");
+    if let Some(status) = &config.status {
+        status.draining();
+    }
     if let Err(e) = registration.deregister().await {
         warn!(error = %e, "deregistration failed; the record expires with its lease");
     }
@@ -240,6 +263,11 @@ impl GenerateHandler for WorkerHandler {
     async fn generate(&self, request: GenerateRequest) -> ChunkStream {
         if self.draining.is_cancelled() {
             return error_stream(&Error::ShuttingDown);
+        }
+        if request.embed && !self.engine.card().embeddings {
+            return error_stream(&Error::InvalidRequest(
+                "this worker's engine does not serve embeddings".to_owned(),
+            ));
         }
         let in_flight = self.in_flight.token();
         let cancel = self.cancel_all.child_token();
