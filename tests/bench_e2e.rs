@@ -182,4 +182,7 @@ fn a_server_tokenizer_that_cannot_be_found_is_warned_about_before_the_run() {
     ];
     let (_, stderr) = run_to_end("bench2", &args, dir.path());
     assert!(!stderr.contains("WARNING"), "{stderr}");
+    // Stopped the way a user stops it, so its workers leave with it.
+    up.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
 }
