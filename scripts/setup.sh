@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing Switchyard needs on Debian 12: the mold linker, protoc,
-# nats-server and etcd (for the server-mode tests), and a Python venv with the official
-# `openai` client (for the API-compatibility tests) and Jinja2 (the chat-template corpus test
-# renders real templates with it, as `transformers` does), and debootstrap (the container tests
-# build their image offline with it; they also need the Docker engine and docker-compose). Safe
-# to run again.
+# nats-server and etcd (for the server-mode tests), headless Chromium (the bench's pages are
+# rendered in it), and a Python venv with the official `openai` client (for the
+# API-compatibility tests) and Jinja2 (the chat-template corpus test renders real templates
+# with it, as `transformers` does), and debootstrap (the container tests build their image
+# offline with it; they also need the Docker engine and docker-compose). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap)
+packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,5 +10,5 @@ fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     cli::logging::init(&cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(cli::run(cli.command))
+    runtime.block_on(cli::run(cli.command, &cli.log))
 }

@@ -98,19 +98,37 @@ impl fmt::Display for RequestRate {
     }
 }
 
-/// Service-level objectives for goodput (vLLM's `--goodput ttft:MS tpot:MS e2el:MS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// One latency a goodput objective bounds (bench_serving's `--goodput` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SloMetric {
+    Ttft,
+    Tpot,
+    E2el,
+}
+
+impl SloMetric {
+    /// The key as bench_serving writes it (`ttft`, `tpot`, `e2el`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SloMetric::Ttft => "ttft",
+            SloMetric::Tpot => "tpot",
+            SloMetric::E2el => "e2el",
+        }
+    }
+}
+
+/// Service-level objectives for goodput (`--goodput ttft:MS tpot:MS e2el:MS`), in the order
+/// given: bench_serving writes `goodput_slos_ms` and `slo_attainment_by_metric` in that order.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Goodput {
-    pub ttft_ms: Option<f64>,
-    pub tpot_ms: Option<f64>,
-    pub e2el_ms: Option<f64>,
+    pub slos: Vec<(SloMetric, f64)>,
 }
 
 impl Goodput {
     /// Parses `KEY:MS` items, separated by spaces or commas, possibly given as several values.
+    /// A key given twice keeps its first place and its last value (a Python dict's way).
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Option<Goodput>, Error> {
         let mut goodput = Goodput::default();
-        let mut any = false;
         for item in items.iter().flat_map(|s| {
             s.as_ref()
                 .split([' ', ','])
@@ -122,16 +140,43 @@ impl Goodput {
                 Error::Config(format!("--goodput {item:?}: expected ttft:MS, tpot:MS or e2el:MS"))
             };
             let (key, value) = item.split_once(':').ok_or_else(bad)?;
-            let ms: f64 = value.parse().ok().filter(|v: &f64| *v >= 0.0).ok_or_else(bad)?;
-            match key {
-                "ttft" => goodput.ttft_ms = Some(ms),
-                "tpot" => goodput.tpot_ms = Some(ms),
-                "e2el" => goodput.e2el_ms = Some(ms),
+            let ms: f64 =
+                value.parse().ok().filter(|v: &f64| *v > 0.0 && v.is_finite()).ok_or_else(bad)?;
+            let metric = match key {
+                "ttft" => SloMetric::Ttft,
+                "tpot" => SloMetric::Tpot,
+                "e2el" => SloMetric::E2el,
                 _ => return Err(bad()),
+            };
+            match goodput.slos.iter_mut().find(|(m, _)| *m == metric) {
+                Some(slot) => slot.1 = ms,
+                None => goodput.slos.push((metric, ms)),
             }
-            any = true;
         }
-        Ok(any.then_some(goodput))
+        Ok((!goodput.slos.is_empty()).then_some(goodput))
+    }
+
+    /// The objective on `metric`, if one was given.
+    pub fn get(&self, metric: SloMetric) -> Option<f64> {
+        self.slos.iter().find(|(m, _)| *m == metric).map(|(_, ms)| *ms)
+    }
+}
+
+/// Sampling settings sent with every request (bench_serving's `--temperature`, `--top-p`,
+/// `--return-logprob`/`--top-logprobs-num`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    /// Sent only when below 1 (1 is every server's default).
+    pub top_p: f64,
+    /// `--return-logprob`: the top logprobs asked for per token (0: the sampled token's only).
+    pub logprobs: Option<u32>,
+}
+
+impl Default for Sampling {
+    /// Greedy, as bench_serving samples.
+    fn default() -> Sampling {
+        Sampling { temperature: 0.0, top_p: 1.0, logprobs: None }
     }
 }
 
@@ -158,6 +203,13 @@ pub struct RunConfig {
     /// Limit of one request, connect to last byte.
     pub request_timeout: Duration,
     pub goodput: Option<Goodput>,
+    pub sampling: Sampling,
+    /// Extra headers of every request (`--header KEY=VALUE`).
+    pub headers: Vec<(String, String)>,
+    /// `--lora-name`: each request names one of these adapters (drawn uniformly) as its model.
+    pub lora_names: Vec<String>,
+    /// `--flush-cache`: ask the server to empty its prefix cache after the warmup.
+    pub flush_cache: bool,
     /// Show a progress bar (the binary decides: only when stdout is a terminal).
     pub progress: bool,
 }
@@ -180,6 +232,10 @@ impl RunConfig {
             api_key: None,
             request_timeout: Duration::from_secs(600),
             goodput: None,
+            sampling: Sampling::default(),
+            headers: Vec::new(),
+            lora_names: Vec::new(),
+            flush_cache: false,
             progress: false,
         }
     }
@@ -194,6 +250,18 @@ impl RunConfig {
         }
         if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
             return Err(Error::Config(format!("--burstiness {} must be > 0", self.burstiness)));
+        }
+        if !(self.sampling.temperature >= 0.0 && self.sampling.temperature.is_finite()) {
+            return Err(Error::Config(format!(
+                "--temperature {} must be >= 0",
+                self.sampling.temperature
+            )));
+        }
+        if !(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0) {
+            return Err(Error::Config(format!(
+                "--top-p {} must be within (0, 1]",
+                self.sampling.top_p
+            )));
         }
         if self.max_concurrency == Some(0) {
             return Err(Error::Config("--max-concurrency must be at least 1".into()));
@@ -219,9 +287,12 @@ mod tests {
         assert!("inf".parse::<RequestRate>().unwrap().is_infinite());
         assert_eq!("2.5".parse::<RequestRate>().unwrap(), RequestRate(2.5));
         assert!("0".parse::<RequestRate>().is_err());
-        let g = Goodput::parse(&["ttft:100", "tpot:20,e2el:3000"]).unwrap().unwrap();
-        assert_eq!((g.ttft_ms, g.tpot_ms, g.e2el_ms), (Some(100.0), Some(20.0), Some(3000.0)));
+        let g = Goodput::parse(&["e2el:3000", "ttft:100,tpot:20", "e2el:2500"]).unwrap().unwrap();
+        let order: Vec<&str> = g.slos.iter().map(|(m, _)| m.name()).collect();
+        assert_eq!(order, ["e2el", "ttft", "tpot"]);
+        assert_eq!((g.get(SloMetric::E2el), g.get(SloMetric::Tpot)), (Some(2500.0), Some(20.0)));
         assert_eq!(Goodput::parse::<&str>(&[]).unwrap(), None);
         assert!(Goodput::parse(&["ttft=1"]).is_err());
+        assert!(Goodput::parse(&["ttft:0"]).is_err());
     }
 }

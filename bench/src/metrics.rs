@@ -5,12 +5,56 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::Goodput;
+use crate::config::{Goodput, SloMetric};
 use crate::record::RequestRecord;
 use crate::runner::RunOutput;
 use crate::server_stats::InstanceRequests;
 use crate::stats::Distribution;
 use crate::{Error, TokenCounter};
+
+/// Goodput as bench_serving computes it (`sglang.benchmark.goodput`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoodputMetrics {
+    /// The objectives, in the order given.
+    pub slos: Goodput,
+    /// Requests per second that succeeded and met every objective.
+    pub request_goodput: f64,
+    /// Those requests over every request sent (failed ones included).
+    pub slo_attainment: f64,
+    /// Per objective: requests that met it over every request sent.
+    pub by_metric: Vec<(SloMetric, f64)>,
+}
+
+impl GoodputMetrics {
+    fn compute(slos: Goodput, records: &[RequestRecord], duration_s: f64) -> GoodputMetrics {
+        let mut met = vec![0usize; slos.slos.len()];
+        let mut good = 0usize;
+        for r in records.iter().filter(|r| r.succeeded()) {
+            // A one-token output has no inter-token gap: its TPOT counts as 0.
+            let observed = |metric: SloMetric| match metric {
+                SloMetric::Ttft => r.ttft().map_or(0.0, ms),
+                SloMetric::Tpot => r.tpot().map_or(0.0, ms),
+                SloMetric::E2el => ms(r.e2e()),
+            };
+            let mut all = true;
+            for (i, (metric, slo)) in slos.slos.iter().enumerate() {
+                if observed(*metric) <= *slo {
+                    met[i] += 1;
+                } else {
+                    all = false;
+                }
+            }
+            good += usize::from(all);
+        }
+        let sent = records.len().max(1) as f64;
+        GoodputMetrics {
+            request_goodput: good as f64 / duration_s,
+            slo_attainment: good as f64 / sent,
+            by_metric: slos.slos.iter().zip(met).map(|((m, _), n)| (*m, n as f64 / sent)).collect(),
+            slos,
+        }
+    }
+}
 
 /// What GPUs cost, for cost per token and per request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,14 +108,17 @@ pub struct RunMetrics {
     pub max_output_tokens_per_s: f64,
     /// Exact peak of requests in flight at once.
     pub max_concurrent_requests: usize,
-    /// Completed requests per second that met every `--goodput` objective.
-    pub request_goodput: Option<f64>,
+    /// `--goodput`: what met the objectives, as bench_serving reports it.
+    pub goodput: Option<GoodputMetrics>,
     pub ttft_from_scheduled: Distribution,
     pub e2e_from_scheduled: Distribution,
     /// How late requests were sent after their scheduled time (waits for a concurrency slot
     /// included).
     pub send_lag: Distribution,
     pub client_cpu: Option<Duration>,
+    /// CPU time of the whole client process (every thread: sending, parsing, re-tokenizing,
+    /// sampling) from the start of the point to its figures, set by the sweep.
+    pub process_cpu: Option<Duration>,
     pub cost: Option<Cost>,
     /// Prompt tokens served from the prefix cache, from `usage` (none if never reported).
     pub total_cached_server: Option<u64>,
@@ -83,6 +130,8 @@ pub struct RunMetrics {
     pub instance_requests: Option<InstanceRequests>,
     /// The busiest worker's requests over the mean per worker (1 is an even spread).
     pub instance_requests_max_over_mean: Option<f64>,
+    /// What the machine spent during the run, when sampled.
+    pub resources: Option<crate::resources::ResourceSummary>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -160,7 +209,7 @@ impl RunMetrics {
         );
         m.max_output_tokens_per_s = peak_tokens_per_second(&ok);
         m.max_concurrent_requests = peak_in_flight(records);
-        m.request_goodput = goodput.map(|g| ok.iter().filter(|r| meets(r, g)).count() as f64 / dur);
+        m.goodput = goodput.map(|g| GoodputMetrics::compute(g, records, dur));
         m.cost = cost.map(|c| {
             let run_cost = c.per_hour * c.gpus * output.duration.as_secs_f64() / 3600.0;
             Cost {
@@ -174,23 +223,19 @@ impl RunMetrics {
         Ok(m)
     }
 
-    /// Client CPU per request in milliseconds.
+    /// CPU of the client's measuring thread per request, in milliseconds.
     pub fn client_cpu_ms_per_request(&self) -> Option<f64> {
-        let cpu = self.client_cpu?;
+        self.per_request(self.client_cpu?)
+    }
+
+    /// CPU of the whole client process per request, in milliseconds.
+    pub fn process_cpu_ms_per_request(&self) -> Option<f64> {
+        self.per_request(self.process_cpu?)
+    }
+
+    fn per_request(&self, cpu: Duration) -> Option<f64> {
         (self.num_requests > 0).then(|| ms(cpu) / self.num_requests as f64)
     }
-}
-
-fn meets(r: &RequestRecord, g: Goodput) -> bool {
-    let within = |slo: Option<f64>, value: Option<Duration>| match (slo, value) {
-        (None, _) => true,
-        (Some(slo), Some(v)) => ms(v) <= slo,
-        (Some(_), None) => false,
-    };
-    // A one-token output has no TPOT: it cannot miss a TPOT objective.
-    within(g.ttft_ms, r.ttft())
-        && (r.tpot().is_none() || within(g.tpot_ms, r.tpot()))
-        && within(g.e2el_ms, Some(r.e2e()))
 }
 
 /// Most text chunks (tokens) received within one whole second of the run.
@@ -261,9 +306,9 @@ mod tests {
             client_cpu: Some(Duration::from_millis(3)),
         };
         let tok = TokenCounter::load("builtin:tiny").unwrap();
-        let goodput = Goodput { ttft_ms: Some(150.0), ..Goodput::default() };
+        let goodput = Goodput::parse(&["ttft:150", "tpot:20"]).unwrap();
         let cost = GpuCost { per_hour: 3.6, gpus: 2.0 };
-        let m = RunMetrics::compute(&output, &tok, Some(goodput), Some(cost)).unwrap();
+        let m = RunMetrics::compute(&output, &tok, goodput, Some(cost)).unwrap();
         assert_eq!((m.completed, m.failed, m.total_input, m.total_output), (2, 1, 20, 5));
         assert_eq!(m.error_counts.get("http_503"), Some(&1));
         assert_eq!((m.ttft.mean, m.ttft.median), (150.0, 150.0));
@@ -275,7 +320,13 @@ mod tests {
         assert_eq!(m.ttft_from_scheduled.mean, 152.5);
         assert_eq!(m.max_concurrent_requests, 2);
         assert_eq!(m.max_output_tokens_per_s, 5.0);
-        assert_eq!(m.request_goodput, Some(1.0));
+        // TTFTs 100 and 200 ms against 150; TPOTs 15 and 50 ms against 20: one request meets
+        // both, of three sent (one failed).
+        let g = m.goodput.as_ref().unwrap();
+        assert_eq!(g.request_goodput, 1.0);
+        assert!((g.slo_attainment - 1.0 / 3.0).abs() < 1e-12);
+        let by: Vec<(&str, f64)> = g.by_metric.iter().map(|(k, v)| (k.name(), *v)).collect();
+        assert_eq!(by, [("ttft", 1.0 / 3.0), ("tpot", 1.0 / 3.0)]);
         assert!((m.concurrency - 0.38).abs() < 1e-9);
         assert_eq!(m.client_cpu_ms_per_request(), Some(1.0));
         // 0 + 4 cached of the completed requests' 20 prompt tokens.

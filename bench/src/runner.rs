@@ -17,6 +17,7 @@ use crate::client::{HttpClient, body};
 use crate::config::{RequestRate, RunConfig};
 use crate::dataset::{Dataset, Prompt};
 use crate::record::{Failure, FailureKind, RequestRecord};
+use crate::sweep::thread_cpu;
 use crate::{Error, arrival};
 
 /// Warmup requests ask for at most this many tokens (as bench_serving's do).
@@ -75,6 +76,21 @@ struct Ctx {
     client: HttpClient,
     uri: Uri,
     progress: Option<ProgressBar>,
+    /// The LoRA adapter each session asks for (`--lora-name`), if any.
+    loras: Vec<Option<String>>,
+}
+
+/// The adapter of each session, drawn uniformly from `--lora-name` (as bench_serving's
+/// default `uniform` distribution does), seeded.
+fn lora_draws(config: &RunConfig, sessions: usize) -> Vec<Option<String>> {
+    use rand::{Rng, SeedableRng};
+    if config.lora_names.is_empty() {
+        return vec![None; sessions];
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x10ba_d4a7);
+    (0..sessions)
+        .map(|_| Some(config.lora_names[rng.random_range(0..config.lora_names.len())].clone()))
+        .collect()
 }
 
 async fn drive(
@@ -86,18 +102,27 @@ async fn drive(
     if dataset.sessions.is_empty() {
         return Err(Error::Config("the dataset is empty".into()));
     }
-    let client = HttpClient::new(&config.base_url, config.api_key.as_deref()).await?;
+    let client =
+        HttpClient::with_headers(&config.base_url, config.api_key.as_deref(), &config.headers)
+            .await?;
     let uri = client.uri(config.backend.endpoint.path())?;
+    let loras = lora_draws(&config, dataset.sessions.len());
     // Every first turn's bytes are built before the clock starts.
     let bodies = dataset
         .sessions
         .iter()
-        .map(|s| body::build(&config, &s.turns[0].prompt, s.turns[0].output_len))
+        .zip(&loras)
+        .map(|(s, lora)| {
+            body::build(&config, &s.turns[0].prompt, s.turns[0].output_len, lora.as_deref())
+        })
         .collect::<Result<Vec<Bytes>, Error>>()?;
     let progress = config.progress.then(|| progress_bar(dataset.num_requests()));
-    let ctx = Arc::new(Ctx { config, dataset, client, uri, progress });
+    let ctx = Arc::new(Ctx { config, dataset, client, uri, progress, loras });
     let result = match warmup(&ctx).await {
-        Ok(()) => measure(&ctx, point, bodies, &shutdown).await,
+        Ok(()) => match flush_cache(&ctx).await {
+            Ok(()) => measure(&ctx, point, bodies, &shutdown).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     if let Some(bar) = &ctx.progress {
@@ -107,12 +132,43 @@ async fn drive(
     result
 }
 
+/// `--flush-cache`: empties the server's prefix cache after the warmup, as bench_serving does
+/// (vLLM's `/reset_prefix_cache`, SGLang's and others' `/flush_cache`).
+async fn flush_cache(ctx: &Ctx) -> Result<(), Error> {
+    if !ctx.config.flush_cache {
+        return Ok(());
+    }
+    let path = if ctx.config.backend.name.starts_with("vllm") {
+        "/reset_prefix_cache"
+    } else {
+        "/flush_cache"
+    };
+    ctx.client.post_empty(path, Duration::from_secs(60)).await.map(|_| ()).map_err(|e| {
+        Error::Server(format!("--flush-cache: the server did not flush its cache: {e}"))
+    })
+}
+
 fn progress_bar(total: usize) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} requests [{elapsed_precise}<{eta_precise}]",
-    ) {
-        bar.set_style(style);
+    // The remaining time is the elapsed time scaled by what is left, shown only once a twentieth
+    // of the requests are done: the first completions of a run that sends everything at once
+    // say nothing about the rate (indicatif's own estimate then reads far off).
+    let eta = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let (pos, len) = (state.pos(), state.len().unwrap_or(0));
+        if pos == 0 || pos * 20 < len {
+            let _ = w.write_str("--:--:--");
+            return;
+        }
+        let left = state.elapsed().as_secs_f64() * (len - pos) as f64 / pos as f64;
+        // Seconds of a run: far below u64::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let s = left.round() as u64;
+        let _ = write!(w, "{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise}<{left}]")
+    {
+        bar.set_style(style.with_key("left", eta));
     }
     bar
 }
@@ -122,9 +178,11 @@ async fn warmup(ctx: &Arc<Ctx>) -> Result<(), Error> {
     if n == 0 {
         return Ok(());
     }
-    let first = &ctx.dataset.sessions[0].turns[0];
-    let output_len = first.output_len.min(WARMUP_MAX_TOKENS);
-    let body = body::build(&ctx.config, &first.prompt, output_len)?;
+    // A prompt of its own: reusing the first prompt would let the measured run find it cached.
+    let warmup = &ctx.dataset.warmup;
+    let output_len = warmup.output_len.min(WARMUP_MAX_TOKENS);
+    let lora = ctx.config.lora_names.first().map(String::as_str);
+    let body = body::build(&ctx.config, &warmup.prompt, output_len, lora)?;
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..n {
@@ -132,7 +190,7 @@ async fn warmup(ctx: &Arc<Ctx>) -> Result<(), Error> {
         set.spawn(async move {
             let request = Request {
                 index: i,
-                prompt_len: first_len(&ctx),
+                prompt_len: ctx.dataset.warmup.prompt_len,
                 output_len,
                 scheduled: Duration::ZERO,
             };
@@ -154,10 +212,6 @@ async fn warmup(ctx: &Arc<Ctx>) -> Result<(), Error> {
         (false, Some(message)) => Err(Error::Warmup(message)),
         _ => Ok(()),
     }
-}
-
-fn first_len(ctx: &Ctx) -> usize {
-    ctx.dataset.sessions[0].turns[0].prompt_len
 }
 
 async fn measure(
@@ -239,14 +293,15 @@ async fn run_session(
         let prompt_len = history_tokens + turn.prompt_len;
         let request =
             Request { index: first_index + k, prompt_len, output_len: turn.output_len, scheduled };
+        let lora = ctx.loras[session].as_deref();
         let body = match next_body.take() {
             Some(body) => Ok(body),
             None => match &turn.prompt {
                 Prompt::Text(text) => {
                     let prompt = body::with_history(ctx.config.backend.endpoint, &history, text);
-                    body::build(&ctx.config, &prompt, turn.output_len)
+                    body::build(&ctx.config, &prompt, turn.output_len, lora)
                 }
-                prompt => body::build(&ctx.config, prompt, turn.output_len),
+                prompt => body::build(&ctx.config, prompt, turn.output_len, lora),
             },
         };
         let record = match body {
@@ -333,16 +388,4 @@ async fn one_request(ctx: &Ctx, request: Request, body: Bytes, t0: Instant) -> R
         record.failure = failure;
     }
     record
-}
-
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu() -> Option<Duration> {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
-    let time = |t: nix::sys::time::TimeVal| {
-        let micros =
-            u64::try_from(t.tv_sec()).ok()? * 1_000_000 + u64::try_from(t.tv_usec()).ok()?;
-        Some(Duration::from_micros(micros))
-    };
-    Some(time(usage.user_time())? + time(usage.system_time())?)
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::client::HttpClient;
 use crate::config::RunConfig;
+use crate::resources::prometheus::{label, parse_samples};
 
 const METRIC: &str = "switchyard_frontend_instance_requests_total";
 const LIMIT: Duration = Duration::from_secs(5);
@@ -47,32 +48,19 @@ pub fn max_over_mean(counts: &InstanceRequests, instances: usize) -> Option<f64>
 /// Reads the metric's samples out of Prometheus text exposition.
 fn parse(text: &str) -> InstanceRequests {
     let mut out = InstanceRequests::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(METRIC).and_then(|r| r.strip_prefix('{')) else {
+    for (name, labels, value) in parse_samples(text) {
+        if name != METRIC {
             continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once('}') else {
-            continue;
-        };
+        }
         let Some(instance) = label(labels, "instance") else {
             continue;
         };
         // Counters print as floats; the counts are whole.
-        if let Ok(value) = value.trim().parse::<f64>()
-            && value.is_finite()
-            && value >= 0.0
-        {
+        if value.is_finite() && value >= 0.0 {
             *out.entry(instance.to_owned()).or_default() += value as u64;
         }
     }
     out
-}
-
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    labels.split(',').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key.trim() == name).then(|| value.trim().trim_matches('"'))
-    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RequestRate, RunConfig};
@@ -17,12 +17,10 @@ use crate::output::line::ResultLine;
 use crate::output::report::{self, ReportRun};
 use crate::output::result::{self, RunInfo};
 use crate::prefix_bound::prefix_cache_bound;
+use crate::resources::{GpuProbe, ResourceSummary, Sampler, SamplerConfig, Watched, prometheus};
 use crate::runner::{self, Point};
-use crate::server_stats;
-use crate::{Error, TokenCounter};
-
-/// How long the server gets to list its models when `--model` is not given.
-const MODELS_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::server_probe::{self, ServerFacts};
+use crate::{Error, TokenCounter, server_stats};
 
 /// Everything the command line asked for.
 #[derive(Debug, Clone)]
@@ -31,19 +29,30 @@ pub struct BenchPlan {
     pub run: RunConfig,
     /// `--model`; when absent, the first model the server lists.
     pub model: Option<String>,
+    /// `--served-model-name`: the `model` of requests, when it differs from `--model`.
+    pub served_model_name: Option<String>,
     pub dataset: DatasetConfig,
-    /// `--tokenizer`: what prompts are measured with and outputs re-tokenized with.
-    pub tokenizer: String,
+    /// `--tokenizer`: what prompts are measured with and outputs re-tokenized with; when
+    /// absent, what the server points to ([`server_probe`]).
+    pub tokenizer: Option<String>,
     pub request_rates: Vec<RequestRate>,
     pub max_concurrencies: Vec<Option<usize>>,
     pub tag: Option<String>,
     pub output_file: Option<PathBuf>,
     pub output_details: bool,
+    /// `--save-outputs`: keep every prompt and output in the line.
+    pub save_outputs: bool,
     pub report: Option<PathBuf>,
     pub gpu_cost_per_hour: Option<f64>,
     pub gpus: Option<f64>,
     /// Tokens per KV block of the server, for the workload's prefix-cache hit rate bound.
     pub kv_block_size: usize,
+    /// `--ready-check-timeout-sec`: how long the server may take to list its models.
+    pub ready_timeout: Duration,
+    /// Resource sampling interval; `None` turns sampling off.
+    pub sample_interval: Option<Duration>,
+    /// `--sample-url` endpoints and the metrics kept from them.
+    pub prometheus: Vec<prometheus::Source>,
 }
 
 impl BenchPlan {
@@ -54,15 +63,20 @@ impl BenchPlan {
             max_concurrencies: vec![run.max_concurrency],
             run,
             model: None,
+            served_model_name: None,
             dataset,
-            tokenizer: switchyard_model::DEFAULT_SOURCE.to_owned(),
+            tokenizer: Some(switchyard_model::DEFAULT_SOURCE.to_owned()),
             tag: None,
             output_file: None,
             output_details: false,
+            save_outputs: false,
             report: None,
             gpu_cost_per_hour: None,
             gpus: None,
             kv_block_size: 16,
+            ready_timeout: Duration::from_secs(60),
+            sample_interval: Some(Duration::from_millis(500)),
+            prometheus: Vec::new(),
         }
     }
 }
@@ -73,12 +87,14 @@ pub struct Target {
     pub base_url: String,
     /// The topology's name when the topology runner started it.
     pub topology: Option<String>,
-    /// Written as `server_info`.
+    /// Written as `server_info` (else what the server said of itself).
     pub server_info: Value,
     /// GPUs behind it when `--gpus` is not given (e.g. one per simulated worker).
     pub default_gpus: Option<f64>,
     /// Workers behind it, when known; otherwise those its frontend's metrics name.
     pub workers: Option<usize>,
+    /// The server's processes the sampler follows (the topology runner's children).
+    pub processes: Vec<Watched>,
 }
 
 impl Target {
@@ -90,6 +106,7 @@ impl Target {
             server_info: Value::Null,
             default_gpus: None,
             workers: None,
+            processes: Vec::new(),
         }
     }
 }
@@ -103,29 +120,73 @@ pub struct PointResult {
     pub report: ReportRun,
 }
 
+/// Waits until the server at `base_url` is ready and asks what it serves.
+pub async fn probe_server(plan: &BenchPlan, base_url: &str) -> Result<ServerFacts, Error> {
+    let run = &plan.run;
+    let base_url = base_url.trim_end_matches('/');
+    let client =
+        crate::client::HttpClient::with_headers(base_url, run.api_key.as_deref(), &run.headers)
+            .await?;
+    let facts = match server_probe::wait_ready(&client, plan.ready_timeout).await {
+        Ok(()) => server_probe::probe(&client).await,
+        Err(e) => Err(e),
+    };
+    client.close().await;
+    facts
+}
+
 /// A prepared invocation: the tokenizer loaded and the workload built.
 #[derive(Debug)]
 pub struct Bench {
     plan: BenchPlan,
     tokenizer: TokenCounter,
+    /// Why the embedded tokenizer stands in for the server's, when it does.
+    tokenizer_warning: Option<String>,
+    facts: Option<ServerFacts>,
     dataset: Arc<Dataset>,
     hit_rate_bound: Option<f64>,
+    gpu: Arc<GpuProbe>,
 }
 
 impl Bench {
-    /// Loads the tokenizer and builds the workload (CPU work: call it off the async threads).
-    pub fn prepare(plan: BenchPlan) -> Result<Bench, Error> {
+    /// Loads the tokenizer (`--tokenizer`, else the one `facts` points to) and builds the
+    /// workload (CPU work: call it off the async threads).
+    pub fn prepare(plan: BenchPlan, facts: Option<ServerFacts>) -> Result<Bench, Error> {
         if plan.request_rates.is_empty() || plan.max_concurrencies.is_empty() {
             return Err(Error::Config("no sweep point: give a request rate".into()));
         }
-        let tokenizer = TokenCounter::load(&plan.tokenizer)?;
+        let (tokenizer, tokenizer_warning) = match (&plan.tokenizer, &facts) {
+            (Some(source), _) => (TokenCounter::load(source)?, None),
+            (None, facts) => {
+                let facts = facts.clone().unwrap_or_default();
+                let model = plan.model.clone().or_else(|| facts.first_model());
+                let hints = model.map(|m| facts.tokenizer_hints(&m)).unwrap_or_default();
+                let choice = server_probe::choose_tokenizer(&hints)?;
+                (choice.tokenizer, choice.warning)
+            }
+        };
         let dataset = Arc::new(Dataset::build(&plan.dataset, &tokenizer)?);
         let hit_rate_bound = prefix_cache_bound(&dataset, &tokenizer, plan.kv_block_size)?;
-        Ok(Bench { plan, tokenizer, dataset, hit_rate_bound })
+        let gpu = Arc::new(if plan.sample_interval.is_some() {
+            GpuProbe::open()
+        } else {
+            GpuProbe::disabled("resource sampling is off")
+        });
+        Ok(Bench { plan, tokenizer, tokenizer_warning, facts, dataset, hit_rate_bound, gpu })
     }
 
     pub fn dataset(&self) -> &Dataset {
         &self.dataset
+    }
+
+    /// The warning to show when the server's tokenizer could not be loaded.
+    pub fn tokenizer_warning(&self) -> Option<&str> {
+        self.tokenizer_warning.as_deref()
+    }
+
+    /// Why GPUs are not sampled, if they are not (to say once).
+    pub fn gpu_note(&self) -> Option<String> {
+        self.gpu.note()
     }
 
     fn points(&self) -> Vec<Point> {
@@ -152,15 +213,44 @@ impl Bench {
         (!parts.is_empty()).then(|| parts.join(" "))
     }
 
+    /// The `model` of requests: `--served-model-name`, `--model`, else the first the server
+    /// lists.
     async fn model(&self, run: &RunConfig) -> Result<String, Error> {
-        if let Some(model) = &self.plan.model {
+        if let Some(model) = self.plan.served_model_name.as_ref().or(self.plan.model.as_ref()) {
             return Ok(model.clone());
         }
-        let client = crate::client::HttpClient::new(&run.base_url, run.api_key.as_deref()).await?;
-        let models = client.get_json("/v1/models", MODELS_TIMEOUT).await;
-        client.close().await;
-        models?["data"][0]["id"].as_str().map(str::to_owned).ok_or_else(|| {
+        if let Some(model) = self.facts.as_ref().and_then(ServerFacts::first_model) {
+            return Ok(model);
+        }
+        let facts = probe_server(&self.plan, &run.base_url).await?;
+        facts.first_model().ok_or_else(|| {
             Error::Server(format!("{}/v1/models lists no model; give --model", run.base_url))
+        })
+    }
+
+    /// The settings every request of a run is sent with (`settings` of the line).
+    fn settings(&self, run: &RunConfig) -> Value {
+        let d = &self.plan.dataset;
+        let turns = self.dataset.sessions.iter().flat_map(|s| &s.turns);
+        let (lo, hi) =
+            turns.fold((u32::MAX, 0), |(lo, hi), t| (lo.min(t.output_len), hi.max(t.output_len)));
+        json!({
+            "model": run.model,
+            "backend": run.backend.name,
+            "temperature": run.sampling.temperature,
+            "top_p": run.sampling.top_p,
+            "logprobs": run.sampling.logprobs,
+            "ignore_eos": run.ignore_eos,
+            "stream": run.stream,
+            "max_tokens_min": lo,
+            "max_tokens_max": hi,
+            "extra_request_body": run.extra_request_body,
+            "lora_names": run.lora_names,
+            "tokenizer": self.tokenizer.source(),
+            "dataset_name": self.dataset.kind.name(),
+            "seed": run.seed,
+            "apply_chat_template": d.apply_chat_template,
+            "prompt_suffix": d.prompt_suffix,
         })
     }
 
@@ -178,12 +268,23 @@ impl Bench {
         let run = Arc::new(run);
         let gpus = self.plan.gpus.or(target.default_gpus).unwrap_or(1.0);
         let cost = self.plan.gpu_cost_per_hour.map(|per_hour| GpuCost { per_hour, gpus });
+        let server_info = match (&target.server_info, &self.facts) {
+            (Value::Null, Some(facts)) => facts.server_info(),
+            (info, _) => info.clone(),
+        };
+        let settings = self.settings(&run);
         let mut results = Vec::new();
         for point in self.points() {
             let before = server_stats::instance_requests(&run).await;
+            let sampler = self.start_sampler(target)?;
+            let cpu_before = process_cpu();
             let output =
-                runner::run_point(run.clone(), self.dataset.clone(), point, shutdown.clone())
-                    .await?;
+                runner::run_point(run.clone(), self.dataset.clone(), point, shutdown.clone()).await;
+            let resources = match sampler {
+                Some(sampler) => Some(sampler.finish().await),
+                None => None,
+            };
+            let output = output?;
             let after = server_stats::instance_requests(&run).await;
             let label = self.label(target, point);
             let info = RunInfo {
@@ -196,30 +297,46 @@ impl Bench {
                 random_input_len: self.plan.dataset.random_input_len,
                 random_output_len: self.plan.dataset.random_output_len,
                 random_range_ratio: self.plan.dataset.random_range_ratio,
-                server_info: target.server_info.clone(),
+                server_info: server_info.clone(),
                 model: run.model.clone(),
                 base_url: run.base_url.clone(),
                 topology: target.topology.clone(),
                 burstiness: run.burstiness,
                 seed: run.seed,
+                tokenizer: self.tokenizer.source().to_owned(),
+                settings: settings.clone(),
             };
-            let (tokenizer, details, goodput) =
-                (self.tokenizer.clone(), self.plan.output_details, run.goodput);
-            let (bound, workers) = (self.hit_rate_bound, target.workers);
+            let (tokenizer, details, save, goodput) = (
+                self.tokenizer.clone(),
+                self.plan.output_details,
+                self.plan.save_outputs,
+                run.goodput.clone(),
+            );
+            let (bound, workers, dataset) =
+                (self.hit_rate_bound, target.workers, self.dataset.clone());
+            let summary = resources.as_ref().map(ResourceSummary::of);
             let (metrics, line, output) = tokio::task::spawn_blocking({
                 let info = info.clone();
                 move || -> Result<_, Error> {
                     let mut metrics = RunMetrics::compute(&output, &tokenizer, goodput, cost)?;
                     metrics.prefix_cache_hit_rate_bound = bound;
+                    metrics.resources = summary;
                     if let (Some(before), Some(after)) = (before, after) {
                         let spread = server_stats::delta(&before, &after);
                         metrics.instance_requests_max_over_mean =
                             server_stats::max_over_mean(&spread, workers.unwrap_or(after.len()));
                         metrics.instance_requests = Some(spread);
                     }
+                    // Everything the process spent on this point, re-tokenizing included.
+                    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+                        metrics.process_cpu = Some(after.saturating_sub(before));
+                    }
                     let mut line = result::result_line(&info, &metrics);
                     if details {
                         result::push_details(&mut line, &output.records, &metrics, &tokenizer)?;
+                    }
+                    if save {
+                        result::push_outputs(&mut line, &output.records, &dataset);
                     }
                     Ok((metrics, line, output))
                 }
@@ -234,17 +351,31 @@ impl Bench {
                 .clone()
                 .or(self.plan.tag.clone())
                 .unwrap_or_else(|| run.base_url.clone());
-            let report = ReportRun::new(
+            let mut report = ReportRun::new(
                 label.as_deref().unwrap_or("run"),
                 &group,
                 &output.records,
                 &metrics,
             );
+            report.resources = resources;
             let result = PointResult { info, metrics, line, report };
             on_point(&result);
             results.push(result);
         }
         Ok(results)
+    }
+
+    fn start_sampler(&self, target: &Target) -> Result<Option<Sampler>, Error> {
+        let Some(interval) = self.plan.sample_interval else { return Ok(None) };
+        let mut processes = vec![Watched::new("bench client", std::process::id())];
+        processes.extend(target.processes.iter().cloned());
+        Sampler::start(SamplerConfig {
+            processes,
+            interval,
+            prometheus: self.plan.prometheus.clone(),
+            gpu: self.gpu.clone(),
+        })
+        .map(Some)
     }
 
     /// The comparison table of several results (empty for one), and the report when asked.
@@ -264,4 +395,25 @@ impl Bench {
         }
         Ok(if results.len() > 1 { compare::table(&labeled) } else { String::new() })
     }
+}
+
+/// CPU time (user + system) of the whole process, every thread.
+pub fn process_cpu() -> Option<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    cpu_of(getrusage(UsageWho::RUSAGE_SELF).ok()?)
+}
+
+/// CPU time (user + system) of the calling thread.
+pub fn thread_cpu() -> Option<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    cpu_of(getrusage(UsageWho::RUSAGE_THREAD).ok()?)
+}
+
+fn cpu_of(usage: nix::sys::resource::Usage) -> Option<Duration> {
+    let time = |t: nix::sys::time::TimeVal| {
+        let micros =
+            u64::try_from(t.tv_sec()).ok()? * 1_000_000 + u64::try_from(t.tv_usec()).ok()?;
+        Some(Duration::from_micros(micros))
+    };
+    Some(time(usage.user_time())? + time(usage.system_time())?)
 }

@@ -22,7 +22,7 @@ const BENCH_SERVING_LINE: &str = r#"{"tag": null, "backend": "sglang-oai", "data
 
 fn plan(url: &str, dir: &std::path::Path) -> BenchPlan {
     let mut run = RunConfig::new(url, "vllm".parse().unwrap());
-    run.goodput = Some(Goodput { ttft_ms: Some(1000.0), ..Goodput::default() });
+    run.goodput = Goodput::parse(&["ttft:1000", "e2el:60000"]).unwrap();
     let dataset = DatasetConfig {
         num_prompts: 6,
         random_input_len: 16,
@@ -48,7 +48,7 @@ async fn the_jsonl_line_has_bench_servings_keys_in_order_and_infinity() {
     let dir = tempfile::tempdir().unwrap();
     let mut plan = plan(&server.url, dir.path());
     plan.output_details = true;
-    let bench = Bench::prepare(plan).unwrap();
+    let bench = Bench::prepare(plan, None).unwrap();
     let (target, stop, mut seen) = (Target::url(&server.url), CancellationToken::new(), 0);
     let run = bench.run_target(&target, &stop, |_| seen += 1);
     let results = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
@@ -60,8 +60,19 @@ async fn the_jsonl_line_has_bench_servings_keys_in_order_and_infinity() {
     let line = ResultLine::parse(text.trim()).unwrap();
     let keys: Vec<&str> = line.keys().collect();
     assert_eq!(keys[..BENCH_SERVING_KEYS.len()], *BENCH_SERVING_KEYS);
-    // The goodput key follows bench_serving's, then Switchyard's own keys.
-    assert_eq!(keys[BENCH_SERVING_KEYS.len()], "request_goodput");
+    // The goodput keys follow bench_serving's, in its GoodputMetrics order, then Switchyard's.
+    let n = BENCH_SERVING_KEYS.len();
+    assert_eq!(
+        keys[n..n + 4],
+        ["goodput_slos_ms", "request_goodput", "slo_attainment", "slo_attainment_by_metric"]
+    );
+    assert_eq!(
+        line.get("goodput_slos_ms").unwrap(),
+        &Field::Json(serde_json::json!({"ttft": 1000.0, "e2el": 60000.0}))
+    );
+    assert_eq!(line.get("slo_attainment").and_then(Field::as_f64), Some(1.0));
+    let Some(Field::Json(by)) = line.get("slo_attainment_by_metric") else { panic!() };
+    assert_eq!((by["ttft"].as_f64(), by["e2el"].as_f64()), (Some(1.0), Some(1.0)));
     for own in [
         "error_counts",
         "p99_ttft_from_scheduled_ms",
@@ -117,7 +128,7 @@ async fn a_sweep_writes_one_line_per_point_and_a_report_with_its_charts() {
     plan.request_rates = vec![RequestRate(400.0), RequestRate::INFINITE];
     plan.max_concurrencies = vec![Some(1), Some(4)];
     plan.tag = Some("sweep".into());
-    let bench = Bench::prepare(plan).unwrap();
+    let bench = Bench::prepare(plan, None).unwrap();
     let (target, stop) = (Target::url(&server.url), CancellationToken::new());
     let run = bench.run_target(&target, &stop, |_| {});
     let results = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
@@ -137,6 +148,28 @@ async fn a_sweep_writes_one_line_per_point_and_a_report_with_its_charts() {
         ]
     );
     let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
-    assert_eq!(page.matches("<svg").count(), 5, "3 CDFs and 2 throughput charts");
+    // 3 CDFs, 2 throughput charts, 2 over time, and per run 4 resource charts.
+    assert_eq!(page.matches("<svg").count(), 7 + 4 * 4, "{page}");
+    assert!(page.contains("fraction of token gaps"));
     assert!(page.contains("sweep rate=inf conc=4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_tokenizer_cannot_be_found_gets_the_fallback_warning() {
+    let server = ScriptedServer::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(&server.url, dir.path());
+    // No --tokenizer: the server is asked; it names no root, and "scripted" is no model here.
+    plan.tokenizer = None;
+    let facts =
+        tokio::time::timeout(WAIT, switchyard_bench::sweep::probe_server(&plan, &server.url))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(facts.first_model().as_deref(), Some("scripted"));
+    let bench = Bench::prepare(plan, Some(facts)).unwrap();
+    let warning = bench.tokenizer_warning().unwrap();
+    assert!(warning.starts_with("WARNING:"), "{warning}");
+    assert!(warning.contains("\"scripted\" (the model id)"), "{warning}");
+    assert!(warning.contains("--tokenizer"), "{warning}");
 }

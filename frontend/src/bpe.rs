@@ -35,7 +35,7 @@ const PROBE: &str = "Hello, world! It's 2024-07-26; I'd've paid $1,234.56 (reall
 
 /// The fast encoder of one tokenizer.
 #[derive(Debug)]
-pub(crate) struct FastBpe {
+pub struct FastBpe {
     /// Added tokens, matched leftmost-longest before anything else, and their ids.
     specials: Option<(AhoCorasick, Vec<u32>)>,
     splitter: Regex,

@@ -69,7 +69,14 @@ fn is_served(entry: &ModelEntry) -> bool {
 }
 
 fn model_object(entry: &ModelEntry) -> ModelObject<'_> {
-    ModelObject { id: &entry.name, object: "model", created: entry.created, owned_by: "switchyard" }
+    ModelObject {
+        id: &entry.name,
+        object: "model",
+        created: entry.created,
+        owned_by: "switchyard",
+        root: entry.preprocessor.source(),
+        max_model_len: entry.context_length,
+    }
 }
 
 pub(crate) async fn metrics() -> Response {

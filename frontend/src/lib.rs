@@ -47,6 +47,9 @@ pub use error::Error;
 pub use parsers::{ReasoningParserKind, ToolParserKind};
 use switchyard_router::RoutingConfig;
 pub use switchyard_router::{DisaggConfig, PolicyKind};
+/// The fast byte-level BPE encoder and the chat template renderer, shared with the load
+/// generator (it measures prompts and outputs as this frontend tokenizes them).
+pub use {bpe::FastBpe, template::ChatTemplate};
 
 use crate::handlers::AppState;
 use crate::kv_router::KvRouter;

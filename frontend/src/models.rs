@@ -101,6 +101,11 @@ impl PreprocessorSlot {
         PreprocessorSlot { source, loaded: OnceCell::new(), failure: Mutex::new(None) }
     }
 
+    /// Where the tokenizer and chat template come from (the instances' card).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Why loading failed, while the failure stands (cleared by a successful load).
     pub fn failure(&self) -> Option<String> {
         if self.loaded.get().is_some() {

@@ -1,7 +1,7 @@
 //! `switchyard bench`: the load generator with sglang.bench_serving's flags, against a server
 //! (`--base-url`) or against local topologies it starts itself (`--topology agg:1,agg:2`,
-//! through the same code as `switchyard up`); `switchyard bench compare FILE…` puts result
-//! files side by side.
+//! through the same code as `switchyard up`, each process its own); `switchyard bench compare
+//! FILE…` puts result files side by side and `switchyard bench outputs FILE…` their outputs.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,15 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use switchyard_bench::config::{Backend, Goodput, RequestRate, RunConfig};
+use switchyard_bench::config::{Backend, Goodput, RequestRate, RunConfig, Sampling};
 use switchyard_bench::dataset::{DatasetConfig, DatasetKind};
-use switchyard_bench::output::compare;
 use switchyard_bench::output::summary::summary;
-use switchyard_bench::sweep::{Bench, BenchPlan, PointResult, Target};
+use switchyard_bench::resources::{Watched, prometheus};
+use switchyard_bench::sweep::{self, Bench, BenchPlan, PointResult, Target};
 use switchyard_bench::topology::{self, TopologySpec};
 use switchyard_router::PolicyKind;
 use tokio_util::sync::CancellationToken;
 
+use super::bench_files::{self, CompareArgs, OutputsArgs};
+use super::bench_flags::{DropInArgs, RecordArgs};
 use super::frontend::KvArgs;
 use super::up::{LocalTopology, UpArgs};
 use super::worker::ServeArgs;
@@ -94,8 +96,9 @@ pub struct BenchArgs {
     #[arg(long, env = env::BENCH_MULTI_TURN_TURNS, default_value_t = 4)]
     pub multi_turn_turns: usize,
     /// Tokenizer prompts are made and measured with: a tokenizer.json, a model directory, an
-    /// HF repo id in the local cache, or builtin:tiny [default: builtin:tiny; with --topology,
-    /// the workers' --model-path].
+    /// HF repo id in the local cache, or builtin:tiny [default: the server's (the root of its
+    /// /v1/models entry, SGLang's /model_info, else the model id), with a warning and
+    /// builtin:tiny when none loads; with --topology, the workers' --model-path].
     #[arg(long, env = env::BENCH_TOKENIZER)]
     pub tokenizer: Option<String>,
 
@@ -165,6 +168,10 @@ pub struct BenchArgs {
     /// labelled e.g. agg:4/kv [default: the frontend's default].
     #[arg(long, env = env::BENCH_ROUTER_MODE)]
     pub router_mode: Option<String>,
+    #[command(flatten, next_help_heading = "More of bench_serving's flags")]
+    pub drop_in: DropInArgs,
+    #[command(flatten, next_help_heading = "Resources, outputs and logs")]
+    pub record: RecordArgs,
     #[command(flatten, next_help_heading = "Frontend of --topology")]
     pub kv: KvArgs,
     #[command(flatten, next_help_heading = "Workers of --topology")]
@@ -173,30 +180,20 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchCommand {
-    /// Print result files side by side (switchyard bench's or sglang.bench_serving's JSONL).
+    /// Put result files side by side (switchyard bench's or sglang.bench_serving's JSONL): a
+    /// table, CSV, or the one-page summary (--summary page.html, --markdown page.md).
     Compare(CompareArgs),
+    /// Lay the saved outputs of runs side by side (HTML or Markdown), scored with a rubric.
+    Outputs(OutputsArgs),
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
-    /// JSONL files; every line is one run.
-    #[arg(required = true)]
-    pub files: Vec<PathBuf>,
-    /// CSV (one row per run, every key) instead of the table.
-    #[arg(long, env = env::BENCH_CSV)]
-    pub csv: bool,
-}
-
-pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Some(BenchCommand::Compare(compare)) = &args.command {
-        let runs = compare::read_files(&compare.files)?;
-        if compare.csv {
-            print!("{}", compare::csv(&runs));
-        } else {
-            print!("{}", compare::table(&runs));
-        }
-        return Ok(());
+pub async fn run(args: BenchArgs, log: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match &args.command {
+        Some(BenchCommand::Compare(compare)) => return bench_files::compare(compare),
+        Some(BenchCommand::Outputs(outputs)) => return bench_files::outputs(outputs),
+        None => {}
     }
+    args.drop_in.refuse_unsupported()?;
     let topologies = args.topology.as_deref().map(topology::parse_list).transpose()?;
     let router_modes: Vec<Option<PolicyKind>> = match &args.router_mode {
         None => vec![None],
@@ -212,9 +209,24 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         );
     }
     let plan = plan(&args, topologies.is_some())?;
-    let bench = tokio::task::spawn_blocking(move || Bench::prepare(plan))
+    let base_url =
+        args.base_url.clone().unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
+    // A server given by URL is asked first: its model, its tokenizer, its info.
+    let facts = match topologies {
+        None => Some(sweep::probe_server(&plan, &base_url).await?),
+        Some(_) => None,
+    };
+    let bench = tokio::task::spawn_blocking(move || Bench::prepare(plan, facts))
         .await
         .context("preparing the workload")??;
+    if let Some(warning) = bench.tokenizer_warning() {
+        eprintln!("\n{warning}\n");
+    }
+    if args.record.sample_interval_ms > 0
+        && let Some(note) = bench.gpu_note()
+    {
+        eprintln!("GPU use is not sampled: {note}");
+    }
     let d = bench.dataset();
     let (input, output) = d
         .sessions
@@ -226,22 +238,21 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
         d.num_requests(),
         d.kind.name()
     );
-    let show = |r: &PointResult| print!("{}", summary(&r.info, &r.metrics));
+    let plot = args.drop_in.plot_throughput;
+    let show = |r: &PointResult| show_point(r, plot);
     let mut results = Vec::new();
     match topologies {
         None => {
-            let base_url = args
-                .base_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
             results.extend(bench.run_target(&Target::url(&base_url), &shutdown, show).await?);
         }
         Some(topologies) => {
+            let logs = log_dir(&args)?;
             for spec in &topologies {
                 for &mode in &router_modes {
                     let frontend = FrontendSetup { router_mode: mode, kv: &args.kv };
+                    let out = RunnerOutput { log_dir: &logs, log_filter: log, plot };
                     results.extend(
-                        run_topology(&bench, spec, frontend, &args.serve, &shutdown).await?,
+                        run_topology(&bench, spec, frontend, &args.serve, out, &shutdown).await?,
                     );
                 }
             }
@@ -260,6 +271,44 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// A point's summary, and with --plot-throughput its timeline in the terminal.
+fn show_point(r: &PointResult, plot: bool) {
+    print!("{}", summary(&r.info, &r.metrics));
+    if plot {
+        print!("{}", switchyard_bench::output::chart::text_timeline(&r.report.timeline));
+    }
+}
+
+/// Where the topology runner's output goes: its child processes' logs (and their level), and
+/// whether each summary gets its terminal plot.
+#[derive(Debug, Clone, Copy)]
+struct RunnerOutput<'a> {
+    log_dir: &'a std::path::Path,
+    log_filter: &'a str,
+    plot: bool,
+}
+
+/// `--log-dir`, else `switchyard-bench-logs/<unix time>` beside the output file (or here);
+/// created.
+fn log_dir(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let dir = match &args.record.log_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let base = args
+                .output_file
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            base.join("switchyard-bench-logs").join(now.to_string())
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// How the frontend of a topology routes.
 #[derive(Debug, Clone, Copy)]
 struct FrontendSetup<'a> {
@@ -274,6 +323,7 @@ async fn run_topology(
     spec: &TopologySpec,
     frontend: FrontendSetup<'_>,
     serve: &ServeArgs,
+    out: RunnerOutput<'_>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<PointResult>> {
     let mut flags = spec.up_flags();
@@ -281,6 +331,10 @@ async fn run_topology(
     let mut up = UpArgs::from_flags(&flags).map_err(|e| anyhow::anyhow!("{e}"))?;
     up.serve = serve.clone();
     up.http.kv = frontend.kv.clone();
+    // Every process its own: the frontend's CPU and memory are then measured apart from the
+    // client's, and its log and the workers' go to files, never into the summary.
+    up.frontend_process = true;
+    up.child_log_filter = Some(out.log_filter.to_owned());
     let name = match frontend.router_mode {
         Some(mode) => {
             up.http.router_mode = mode;
@@ -288,11 +342,15 @@ async fn run_topology(
         }
         None => spec.name.clone(),
     };
+    let dir = out.log_dir.join(name.replace([':', '/'], "-"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    up.child_log_dir = Some(dir.clone());
     let listener = up.http.bind().await?;
     println!(
-        "starting topology {name} ({} of the mocker, {} routing)",
+        "starting topology {name} ({} of the mocker, {} routing); logs in {}",
         up.describe(),
-        up.http.router_mode
+        up.http.router_mode,
+        dir.display()
     );
     let topology = LocalTopology::start(&up, listener, shutdown.clone())
         .await
@@ -310,8 +368,13 @@ async fn run_topology(
         }),
         default_gpus: Some(spec.workers as f64),
         workers: Some(spec.workers),
+        processes: topology
+            .processes()
+            .into_iter()
+            .map(|(label, pid)| Watched::new(label, pid))
+            .collect(),
     };
-    let show = |r: &PointResult| print!("{}", summary(&r.info, &r.metrics));
+    let show = |r: &PointResult| show_point(r, out.plot);
     let results = bench.run_target(&target, shutdown, show).await;
     let stopped = tokio::time::timeout(Duration::from_secs(60), topology.stop()).await;
     let results = results?;
@@ -333,6 +396,10 @@ fn list<T>(
     Ok(items)
 }
 
+fn backend_is_chat(run: &RunConfig) -> bool {
+    run.backend.endpoint == switchyard_bench::config::Endpoint::Chat
+}
+
 /// The flags as a plan, checked.
 fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
     let backend: Backend = a.backend.parse()?;
@@ -346,6 +413,22 @@ fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
     run.request_timeout = Duration::from_secs(a.request_timeout_secs);
     run.goodput = Goodput::parse(&a.goodput)?;
     run.progress = !a.disable_tqdm && std::io::stdout().is_terminal();
+    let d = &a.drop_in;
+    run.sampling = Sampling {
+        temperature: d.temperature,
+        top_p: d.top_p,
+        logprobs: d.return_logprob.then_some(d.top_logprobs_num),
+    };
+    run.headers = d.headers()?;
+    run.lora_names = d.lora_name.clone();
+    run.flush_cache = d.flush_cache;
+    if d.apply_chat_template && backend_is_chat(&run) {
+        anyhow::bail!(
+            "--apply-chat-template renders prompts for text-completion backends; with {} the \
+             server applies the chat template itself",
+            run.backend.name
+        );
+    }
     if let Some(extra) = &a.extra_request_body {
         let value: serde_json::Value =
             serde_json::from_str(extra).context("--extra-request-body is not JSON")?;
@@ -370,6 +453,9 @@ fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
         gsp_output_len: a.gsp_output_len,
         multi_turn_turns: a.multi_turn_turns,
         seed: a.seed,
+        prompt_suffix: d.prompt_suffix.clone(),
+        apply_chat_template: d.apply_chat_template,
+        dataset_offset: d.dataset_offset,
     };
     let mut plan = BenchPlan::new(run, dataset);
     plan.request_rates = list(&a.request_rate, str::parse::<RequestRate>)?;
@@ -385,11 +471,20 @@ fn plan(a: &BenchArgs, topology: bool) -> anyhow::Result<BenchPlan> {
     };
     // The topology runner knows what its workers serve.
     plan.model = a.model.clone().or_else(|| topology.then(|| a.serve.served_name()));
+    plan.served_model_name = d.served_model_name.clone();
+    // Against a server, `None` asks the server where its tokenizer is.
     plan.tokenizer = match (&a.tokenizer, topology) {
-        (Some(tokenizer), _) => tokenizer.clone(),
-        (None, true) => a.serve.model_path.clone(),
-        (None, false) => switchyard_model::DEFAULT_SOURCE.to_owned(),
+        (Some(tokenizer), _) => Some(tokenizer.clone()),
+        (None, true) => Some(a.serve.model_path.clone()),
+        (None, false) => None,
     };
+    plan.ready_timeout = Duration::from_secs(d.ready_check_timeout_sec);
+    let r = &a.record;
+    plan.sample_interval =
+        (r.sample_interval_ms > 0).then(|| Duration::from_millis(r.sample_interval_ms));
+    plan.prometheus =
+        r.sample_url.iter().map(|url| prometheus::Source::new(url, &r.sample_metric)).collect();
+    plan.save_outputs = r.save_outputs;
     plan.tag = a.tag.clone();
     plan.output_file = a.output_file.clone();
     plan.output_details = a.output_details;

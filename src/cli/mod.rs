@@ -2,6 +2,8 @@
 //! `SWITCHYARD_…` environment variable (names in [`crate::env_names`]).
 
 pub mod bench;
+pub mod bench_files;
+pub mod bench_flags;
 pub mod deploy;
 pub mod frontend;
 pub mod health;
@@ -43,12 +45,13 @@ pub enum Command {
     Health(health::HealthArgs),
 }
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; `log` is the `--log` filter, handed on to child processes.
+pub async fn run(command: Command, log: &str) -> anyhow::Result<()> {
     match command {
         Command::Frontend(args) => frontend::run(args, shutdown::on_signal()).await,
         Command::Worker(args) => worker::run(args, shutdown::on_signal()).await,
         Command::Up(args) => up::run(args, shutdown::on_signal()).await,
-        Command::Bench(args) => bench::run(*args, shutdown::on_signal()).await,
+        Command::Bench(args) => bench::run(*args, log, shutdown::on_signal()).await,
         Command::Health(args) => health::run(args).await,
         Command::Deploy(args) => deploy::run(&args),
     }

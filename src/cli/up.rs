@@ -58,6 +58,20 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub plane: PlaneArgs,
+
+    /// Where child processes write their output (`worker-N.log`, `frontend.log`) instead of
+    /// this process's stdout and stderr. Set by callers such as the bench, not a flag.
+    #[arg(skip)]
+    pub child_log_dir: Option<PathBuf>,
+
+    /// `--log` filter of the child processes. Set by callers, not a flag.
+    #[arg(skip)]
+    pub child_log_filter: Option<String>,
+
+    /// Run the frontend as a child process (`switchyard frontend`) rather than in this one,
+    /// so that its CPU and memory are its own (the bench measures them). Not a flag.
+    #[arg(skip)]
+    pub frontend_process: bool,
 }
 
 impl UpArgs {
@@ -117,6 +131,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
 pub struct LocalTopology {
     workers: Topology,
     frontend: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The frontend's PID when it runs as a child process.
+    frontend_pid: Option<u32>,
     url: String,
     stop: CancellationToken,
 }
@@ -141,12 +157,34 @@ impl LocalTopology {
         let host =
             if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
         let url = format!("http://{host}:{}", addr.port());
+        if args.frontend_process {
+            // The child binds the port itself: free it first.
+            drop(listener);
+            let started =
+                start_frontend_child(args, &workers.store, &host, addr.port(), &stop).await;
+            return match started {
+                Ok((frontend, pid)) => {
+                    Ok(LocalTopology { workers, frontend, frontend_pid: Some(pid), url, stop })
+                }
+                Err(e) => {
+                    stop.cancel();
+                    workers.stop().await;
+                    Err(e)
+                }
+            };
+        }
         let (http, plane) = (args.http.clone(), args.plane.clone());
         let (discovery, token) = (workers.discovery.clone(), stop.clone());
         let frontend = tokio::spawn(async move {
             super::frontend::serve(listener, &http, &plane, discovery, token).await
         });
-        Ok(LocalTopology { workers, frontend, url, stop })
+        Ok(LocalTopology { workers, frontend, frontend_pid: None, url, stop })
+    }
+
+    /// The child processes and their PIDs: `frontend` (when it runs as one), `worker-N`.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let frontend = self.frontend_pid.map(|pid| ("frontend".to_owned(), pid));
+        frontend.into_iter().chain(self.workers.pids.iter().cloned()).collect()
     }
 
     /// Base URL of the frontend, e.g. `http://127.0.0.1:8000`.
@@ -179,6 +217,10 @@ impl LocalTopology {
 /// The workers of one `up` run and the store they register in.
 struct Topology {
     discovery: Discovery,
+    /// The store as the workers were told it (a fresh directory when `up` made one).
+    store: StoreArgs,
+    /// Worker processes by label (`worker-N`), none when they run in-process.
+    pids: Vec<(String, u32)>,
     tasks: TaskTracker,
     /// Removed on stop when `up` made it.
     temp_store_dir: Option<PathBuf>,
@@ -224,7 +266,13 @@ impl Topology {
                         }
                     });
                 }
-                Topology { discovery, tasks, temp_store_dir: None }
+                Topology {
+                    discovery,
+                    store: args.store.clone(),
+                    pids: Vec::new(),
+                    tasks,
+                    temp_store_dir: None,
+                }
             }
             StoreKind::File | StoreKind::Etcd => {
                 let (store, temp_store_dir) = match &args.store.store_dir {
@@ -242,19 +290,23 @@ impl Topology {
                     }
                 };
                 let discovery = store.open().await?;
-                let exe = std::env::current_exe().context("locating the switchyard binary")?;
+                let mut pids = Vec::new();
                 for (i, role) in roles.iter().enumerate() {
-                    let child = Command::new(&exe)
+                    let label = match role {
+                        WorkerRole::Aggregated => format!("worker-{i}"),
+                        role => format!("{}-{i}", role.name()),
+                    };
+                    let mut command = child_command(args, &label)?;
+                    let child = command
                         .args(worker_args(&store, &args.serve))
                         .args(["--role", role.name()])
                         .args(args.plane.to_flags())
-                        .stdin(Stdio::null())
-                        .kill_on_drop(true)
                         .spawn()
                         .with_context(|| format!("starting worker {i}"))?;
+                    pids.extend(child.id().map(|pid| (label, pid)));
                     tasks.spawn(supervise(i, child, shutdown.clone()));
                 }
-                Topology { discovery, tasks, temp_store_dir }
+                Topology { discovery, store, pids, tasks, temp_store_dir }
             }
         };
         topology.tasks.close();
@@ -293,11 +345,27 @@ impl Topology {
     }
 }
 
-/// The command line of one worker child: the same flags a user would give.
-fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
-    let m = &serve.mocker;
-    let mut args: Vec<OsString> = vec!["worker".into()];
-    args.extend(["--parent-pid".into(), std::process::id().to_string().into()]);
+/// `switchyard` as a child: its output to `<child_log_dir>/<label>.log` when set, its log
+/// filter from `child_log_filter`, killed if dropped.
+fn child_command(args: &UpArgs, label: &str) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("locating the switchyard binary")?;
+    let mut command = Command::new(exe);
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    if let Some(filter) = &args.child_log_filter {
+        command.env(env::LOG, filter);
+    }
+    if let Some(dir) = &args.child_log_dir {
+        let path = dir.join(format!("{label}.log"));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        command.stdout(file.try_clone()?).stderr(file);
+    }
+    Ok(command)
+}
+
+/// The store flags every child gets: the same store the workers register in.
+fn store_flags(store: &StoreArgs) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
     let mut flag = |name: &str, value: String| {
         args.push(format!("--{name}").into());
         args.push(value.into());
@@ -314,6 +382,85 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     }
     flag("namespace", store.namespace.clone());
     flag("lease-ttl-secs", store.lease_ttl_secs.to_string());
+    args
+}
+
+/// Starts `switchyard frontend` on `host:port` over the workers' store, and waits until it
+/// accepts connections; the task returned supervises it until `stop`.
+async fn start_frontend_child(
+    args: &UpArgs,
+    store: &StoreArgs,
+    host: &str,
+    port: u16,
+    stop: &CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, u32)> {
+    let h = &args.http;
+    let mut command = child_command(args, "frontend")?;
+    command.arg("frontend").args(store_flags(store)).args(args.plane.to_flags());
+    for (name, value) in [
+        ("http-host", host.to_owned()),
+        ("http-port", port.to_string()),
+        ("router-mode", h.router_mode.name().to_owned()),
+        ("kv-prefill-load-scale", h.kv.kv_prefill_load_scale.to_string()),
+        ("kv-active-request-weight", h.kv.kv_active_request_weight.to_string()),
+        ("kv-temperature", h.kv.kv_temperature.to_string()),
+        ("kv-balance-ratio", h.kv.kv_balance_ratio.to_string()),
+        ("kv-balance-slack", h.kv.kv_balance_slack.to_string()),
+        ("kv-decision-ttl-secs", h.kv.kv_decision_ttl_secs.to_string()),
+        ("max-body-bytes", h.max_body_bytes.to_string()),
+        ("request-timeout-secs", h.request_timeout_secs.to_string()),
+    ] {
+        command.arg(format!("--{name}")).arg(value);
+    }
+    let mut child = command.spawn().context("starting the frontend")?;
+    let pid = child.id().context("the frontend exited at once")?;
+    let ready = async {
+        loop {
+            if tokio::net::TcpStream::connect((host, port)).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the frontend exited during start-up ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    match tokio::time::timeout(READY_TIMEOUT, ready).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => bail!("the frontend did not listen on {host}:{port} within 60 s"),
+    }
+    let stop = stop.clone();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            status = child.wait() => bail!("the frontend exited ({})", status?),
+            () = stop.cancelled() => {}
+        }
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
+            Ok(status) => info!(status = %status?, "frontend stopped"),
+            Err(_) => {
+                warn!("frontend did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
+        Ok(())
+    });
+    Ok((task, pid))
+}
+
+/// The command line of one worker child: the same flags a user would give.
+fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
+    let m = &serve.mocker;
+    let mut args: Vec<OsString> = vec!["worker".into()];
+    args.extend(["--parent-pid".into(), std::process::id().to_string().into()]);
+    args.extend(store_flags(store));
+    let mut flag = |name: &str, value: String| {
+        args.push(format!("--{name}").into());
+        args.push(value.into());
+    };
     flag("model-path", serve.model_path.clone());
     if let Some(name) = &serve.model_name {
         flag("model-name", name.clone());

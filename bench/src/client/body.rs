@@ -1,5 +1,6 @@
-//! Request bodies, as bench_serving sends them: greedy sampling, `max_tokens` from the dataset,
-//! `ignore_eos` unless disabled, usage always asked for, then `--extra-request-body` on top.
+//! Request bodies, as bench_serving sends them: greedy sampling (or `--temperature`/`--top-p`),
+//! `max_tokens` from the dataset, `ignore_eos` unless disabled, usage always asked for, a LoRA
+//! adapter's name as the model when `--lora-name` is given, then `--extra-request-body` on top.
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -8,10 +9,19 @@ use crate::Error;
 use crate::config::{Endpoint, RunConfig};
 use crate::dataset::{Message, Prompt};
 
-/// The bytes of one request.
-pub(crate) fn build(config: &RunConfig, prompt: &Prompt, max_tokens: u32) -> Result<Bytes, Error> {
+/// The bytes of one request; `lora` names the adapter it asks for, if any.
+pub(crate) fn build(
+    config: &RunConfig,
+    prompt: &Prompt,
+    max_tokens: u32,
+    lora: Option<&str>,
+) -> Result<Bytes, Error> {
     let mut body = Map::new();
-    body.insert("model".into(), json!(config.model));
+    body.insert("model".into(), json!(lora.unwrap_or(&config.model)));
+    if let Some(lora) = lora {
+        // SGLang reads the adapter from `lora_path`, vLLM from `model`.
+        body.insert("lora_path".into(), json!(lora));
+    }
     match (config.backend.endpoint, prompt) {
         (Endpoint::Completions, Prompt::Text(text)) => {
             body.insert("prompt".into(), json!(text));
@@ -30,7 +40,22 @@ pub(crate) fn build(config: &RunConfig, prompt: &Prompt, max_tokens: u32) -> Res
         }
     }
     body.insert("max_tokens".into(), json!(max_tokens));
-    body.insert("temperature".into(), json!(0.0));
+    let sampling = &config.sampling;
+    body.insert("temperature".into(), json!(sampling.temperature));
+    if sampling.top_p < 1.0 {
+        body.insert("top_p".into(), json!(sampling.top_p));
+    }
+    if let Some(top) = sampling.logprobs {
+        match config.backend.endpoint {
+            Endpoint::Completions => {
+                body.insert("logprobs".into(), json!(top));
+            }
+            Endpoint::Chat => {
+                body.insert("logprobs".into(), json!(true));
+                body.insert("top_logprobs".into(), json!(top));
+            }
+        }
+    }
     body.insert("stream".into(), json!(config.stream));
     if config.stream {
         // Output tokens are taken from the server's count, never guessed from chunks.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -40,6 +40,8 @@ pub(crate) struct HttpClient {
     /// Path prefix of `--base-url` (e.g. a proxy's `/api`), without a trailing slash.
     prefix: String,
     auth: Option<HeaderValue>,
+    /// `--header KEY=VALUE`s, sent with every request.
+    headers: Vec<(HeaderName, HeaderValue)>,
     /// Connections whose last response was read to the end. Only the client thread touches
     /// it, one brief push or pop at a time.
     idle: Mutex<Vec<Sender>>,
@@ -51,6 +53,15 @@ pub(crate) struct HttpClient {
 impl HttpClient {
     /// Resolves `base_url` (`http://host:port[/prefix]`) once, up front.
     pub(crate) async fn new(base_url: &str, api_key: Option<&str>) -> Result<HttpClient, Error> {
+        HttpClient::with_headers(base_url, api_key, &[]).await
+    }
+
+    /// [`HttpClient::new`], also sending `headers` with every request.
+    pub(crate) async fn with_headers(
+        base_url: &str,
+        api_key: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Result<HttpClient, Error> {
         let bad = |m: &str| Error::Config(format!("--base-url {base_url:?}: {m}"));
         let uri: Uri = base_url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("http") {
@@ -73,11 +84,23 @@ impl HttpClient {
             ),
             None => None,
         };
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                let name = HeaderName::try_from(k.as_str());
+                let value = HeaderValue::from_str(v);
+                match (name, value) {
+                    (Ok(name), Ok(value)) => Ok((name, value)),
+                    _ => Err(Error::Config(format!("--header {k}={v}: not a valid HTTP header"))),
+                }
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(HttpClient {
             addr,
             host,
             prefix: uri.path().trim_end_matches('/').to_owned(),
             auth,
+            headers,
             idle: Mutex::new(Vec::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -153,6 +176,9 @@ impl HttpClient {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
         let request = request.body(Full::new(body)).map_err(|e| io_failure(&e))?;
         let response = sender.send_request(request).await.map_err(|e| io_failure(&e))?;
         if response.status() != StatusCode::OK {
@@ -184,14 +210,27 @@ impl HttpClient {
 
     /// `GET path`'s body, within `limit`; any status but 200 is an error.
     pub(crate) async fn get(&self, path: &str, limit: Duration) -> Result<Bytes, Error> {
+        self.call(Method::GET, path, limit).await
+    }
+
+    /// `POST path` with an empty body (e.g. `/flush_cache`), within `limit`.
+    pub(crate) async fn post_empty(&self, path: &str, limit: Duration) -> Result<Bytes, Error> {
+        self.call(Method::POST, path, limit).await
+    }
+
+    async fn call(&self, method: Method, path: &str, limit: Duration) -> Result<Bytes, Error> {
         let uri = self.uri(path)?;
         let fetch = async {
             let mut sender = self.connect().await.map_err(|f| f.message)?;
-            let request = Request::builder()
-                .uri(uri)
-                .header(HOST, self.host.clone())
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
+            let mut request =
+                Request::builder().method(method.clone()).uri(uri).header(HOST, self.host.clone());
+            if let Some(auth) = &self.auth {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
             let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
             let status = response.status();
             let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?;
@@ -201,8 +240,8 @@ impl HttpClient {
             Ok(bytes.to_bytes())
         };
         match tokio::time::timeout(limit, fetch).await {
-            Ok(result) => result.map_err(|e| Error::Server(format!("GET {path}: {e}"))),
-            Err(_) => Err(Error::Server(format!("GET {path}: no answer within {limit:?}"))),
+            Ok(result) => result.map_err(|e| Error::Server(format!("{method} {path}: {e}"))),
+            Err(_) => Err(Error::Server(format!("{method} {path}: no answer within {limit:?}"))),
         }
     }
 

@@ -26,7 +26,7 @@ pub(super) fn dataset(
         .ok_or_else(|| Error::Config("--dataset-name jsonl needs --dataset-path FILE".into()))?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate().skip(config.dataset_offset) {
         if out.len() == config.num_prompts {
             break;
         }

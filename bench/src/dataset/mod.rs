@@ -82,6 +82,14 @@ pub struct DatasetConfig {
     /// Turns per conversation of the multi-turn dataset.
     pub multi_turn_turns: usize,
     pub seed: u64,
+    /// `--prompt-suffix`: appended to every text prompt.
+    pub prompt_suffix: String,
+    /// `--apply-chat-template`: every text prompt rendered as one user turn of the model's chat
+    /// template (for text-completion backends).
+    pub apply_chat_template: bool,
+    /// `--dataset-offset`: entries of a dataset file skipped (rotated to the end) before
+    /// sampling, so successive runs start on fresh prompts.
+    pub dataset_offset: usize,
 }
 
 impl Default for DatasetConfig {
@@ -103,6 +111,9 @@ impl Default for DatasetConfig {
             gsp_output_len: 256,
             multi_turn_turns: 4,
             seed: 1,
+            prompt_suffix: String::new(),
+            apply_chat_template: false,
+            dataset_offset: 0,
         }
     }
 }
@@ -151,6 +162,9 @@ impl Session {
 pub struct Dataset {
     pub kind: DatasetKind,
     pub sessions: Vec<Session>,
+    /// The warmup requests' prompt: as long as the first prompt and of the same shape, but its
+    /// own text, so the measured run finds nothing of it cached.
+    pub warmup: DatasetRequest,
 }
 
 impl Dataset {
@@ -184,13 +198,70 @@ impl Dataset {
             }
             DatasetKind::MultiTurn => multiturn::dataset(config, tokenizer, &mut rng)?,
         };
-        Ok(Dataset { kind: config.kind, sessions })
+        let mut sessions = sessions;
+        if !config.prompt_suffix.is_empty() || config.apply_chat_template {
+            if config.kind == DatasetKind::MultiTurn {
+                return Err(Error::Config(
+                    "--prompt-suffix and --apply-chat-template apply to single-turn prompts; \
+                     multi-turn conversations resend their history as it was"
+                        .into(),
+                ));
+            }
+            shape_prompts(&mut sessions, config, tokenizer)?;
+        }
+        let first = sessions
+            .first()
+            .and_then(|s| s.turns.first())
+            .ok_or_else(|| Error::Config("the dataset is empty".into()))?;
+        let warmup = warmup_request(first, tokenizer, config.seed)?;
+        Ok(Dataset { kind: config.kind, sessions, warmup })
     }
 
     /// Requests the workload sends (turns of every conversation included).
     pub fn num_requests(&self) -> usize {
         self.sessions.iter().map(|s| s.turns.len()).sum()
     }
+}
+
+/// `--prompt-suffix` and `--apply-chat-template` on every text prompt, counted again.
+fn shape_prompts(
+    sessions: &mut [Session],
+    config: &DatasetConfig,
+    tokenizer: &TokenCounter,
+) -> Result<(), Error> {
+    for turn in sessions.iter_mut().flat_map(|s| s.turns.iter_mut()) {
+        let Prompt::Text(text) = &mut turn.prompt else { continue };
+        text.push_str(&config.prompt_suffix);
+        if config.apply_chat_template {
+            *text = tokenizer.apply_chat_template(text)?;
+        }
+        turn.prompt_len = tokenizer.count(text)?;
+    }
+    Ok(())
+}
+
+/// A prompt of the first one's length and shape, of random words the workload does not use
+/// (drawn from a stream of its own).
+fn warmup_request(
+    first: &DatasetRequest,
+    tokenizer: &TokenCounter,
+    seed: u64,
+) -> Result<DatasetRequest, Error> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x3a7d_0f17_u64.rotate_left(32));
+    let len = first.prompt_len.max(1);
+    let text = match random::ExactText::new(tokenizer) {
+        Ok(maker) => maker.make(&mut rng, len)?,
+        // A tokenizer without single-token words: a plain sentence does.
+        Err(_) => "Warm up: reply with anything.".to_owned(),
+    };
+    let prompt_len = tokenizer.count(&text)?;
+    let prompt = match &first.prompt {
+        Prompt::Text(_) => Prompt::Text(text),
+        Prompt::Messages(_) => {
+            Prompt::Messages(vec![Message { role: "user".into(), content: text }])
+        }
+    };
+    Ok(DatasetRequest { prompt, prompt_len, output_len: first.output_len })
 }
 
 /// A length drawn as bench_serving draws it: uniform in `[max(len * ratio, 1), len]`.

@@ -82,19 +82,24 @@ impl<'t> ExactText<'t> {
     }
 }
 
-/// `--dataset-name random`: `--num-prompts` prompts, lengths drawn per bench_serving.
+/// `--dataset-name random`: `--num-prompts` prompts, lengths drawn per bench_serving. With
+/// `--dataset-path`, each prompt is the tokens of a ShareGPT prompt, repeated or cut to the
+/// drawn length (bench_serving's way); otherwise random single-token words.
 pub(super) fn dataset(
     config: &DatasetConfig,
     tokenizer: &TokenCounter,
     rng: &mut StdRng,
 ) -> Result<Vec<DatasetRequest>, Error> {
-    let maker = ExactText::new(tokenizer)?;
     let ratio = config.random_range_ratio;
     let input: Vec<usize> = (0..config.num_prompts)
         .map(|_| draw_len(rng, config.random_input_len, ratio) as usize)
         .collect();
     let output: Vec<u32> =
         (0..config.num_prompts).map(|_| draw_len(rng, config.random_output_len, ratio)).collect();
+    if let Some(path) = &config.path {
+        return from_sharegpt(path, config, tokenizer, rng, &input, &output);
+    }
+    let maker = ExactText::new(tokenizer)?;
     let texts = maker.make_many(rng, &input)?;
     Ok(texts
         .into_iter()
@@ -106,6 +111,38 @@ pub(super) fn dataset(
             output_len,
         })
         .collect())
+}
+
+/// Prompts cut from ShareGPT text: each one's tokens repeated or truncated to the drawn length,
+/// decoded, and counted again (decoding may merge tokens at the cut).
+fn from_sharegpt(
+    path: &std::path::Path,
+    config: &DatasetConfig,
+    tokenizer: &TokenCounter,
+    rng: &mut StdRng,
+    input: &[usize],
+    output: &[u32],
+) -> Result<Vec<DatasetRequest>, Error> {
+    let pairs = super::sharegpt::load_pairs(path, config.dataset_offset, rng)?;
+    let mut sources = Vec::with_capacity(pairs.len());
+    for (prompt, _) in &pairs {
+        let ids = tokenizer.ids(prompt)?;
+        if !ids.is_empty() {
+            sources.push(ids);
+        }
+    }
+    if sources.is_empty() {
+        return Err(Error::dataset(path, "no non-empty prompt to draw random prompts from"));
+    }
+    let mut out = Vec::with_capacity(input.len());
+    for (i, (&len, &output_len)) in input.iter().zip(output).enumerate() {
+        let ids = &sources[i % sources.len()];
+        let picked: Vec<u32> = ids.iter().copied().cycle().take(len).collect();
+        let text = tokenizer.decode(&picked)?;
+        let prompt_len = tokenizer.count(&text)?;
+        out.push(DatasetRequest { prompt: Prompt::Text(text), prompt_len, output_len });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! `--dataset-name sharegpt`: the first human turn of each conversation as the prompt, the
 //! reply's token count (or `--sharegpt-output-len`) as the output length, as bench_serving does.
 
+use std::path::Path;
+
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
@@ -20,6 +22,34 @@ struct Turn {
     value: String,
 }
 
+/// The (first human turn, reply) pairs of a ShareGPT file, shuffled as bench_serving samples
+/// them, then rotated by `--dataset-offset` (the same seed with a larger offset starts on pairs
+/// the smaller one did not use first).
+pub(super) fn load_pairs(
+    path: &Path,
+    offset: usize,
+    rng: &mut StdRng,
+) -> Result<Vec<(String, String)>, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let entries: Vec<Entry> = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| Error::dataset(path, format!("not a ShareGPT JSON list: {e}")))?;
+    let mut pairs: Vec<(String, String)> = entries
+        .into_iter()
+        .filter(|e| e.conversations.len() >= 2)
+        .map(|mut e| {
+            let reply = std::mem::take(&mut e.conversations[1].value);
+            (std::mem::take(&mut e.conversations[0].value), reply)
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Err(Error::dataset(path, "no conversation with a prompt and a reply"));
+    }
+    pairs.shuffle(rng);
+    let len = pairs.len();
+    pairs.rotate_left(offset % len);
+    Ok(pairs)
+}
+
 pub(super) fn dataset(
     config: &DatasetConfig,
     tokenizer: &TokenCounter,
@@ -32,18 +62,7 @@ pub(super) fn dataset(
                 .into(),
         )
     })?;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let entries: Vec<Entry> = serde_json::from_reader(std::io::BufReader::new(file))
-        .map_err(|e| Error::dataset(path, format!("not a ShareGPT JSON list: {e}")))?;
-    let mut pairs: Vec<(String, String)> = entries
-        .into_iter()
-        .filter(|e| e.conversations.len() >= 2)
-        .map(|mut e| {
-            let reply = std::mem::take(&mut e.conversations[1].value);
-            (std::mem::take(&mut e.conversations[0].value), reply)
-        })
-        .collect();
-    pairs.shuffle(rng);
+    let pairs = load_pairs(path, config.dataset_offset, rng)?;
     let mut out = Vec::with_capacity(config.num_prompts.min(pairs.len()));
     for (prompt, reply) in pairs {
         if out.len() == config.num_prompts {

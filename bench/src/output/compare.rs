@@ -40,7 +40,9 @@ const TABLE_KEYS: &[(&str, &str)] = &[
     ("instance_requests_max_over_mean", "busiest worker / mean"),
     ("cost_per_1m_output_tokens", "cost / 1M output tokens"),
     ("cost_per_request", "cost / request"),
-    ("client_cpu_ms_per_request", "client CPU / request (ms)"),
+    ("failure_rate", "failure rate"),
+    ("client_cpu_ms_per_request", "client thread CPU / request (ms)"),
+    ("client_process_cpu_ms_per_request", "client process CPU / request (ms)"),
 ];
 
 /// Rows where one run wins, and whether lower is better: the winner's cell is starred and
@@ -184,13 +186,39 @@ pub fn table(runs: &[Labeled]) -> String {
     out
 }
 
-/// CSV: a `label` column, then every key any run has (first-seen order); lists and objects as
-/// their JSON text.
+/// The headline rows as an HTML table (the report's first table).
+pub fn table_html(runs: &[Labeled]) -> String {
+    let esc = super::chart::escape;
+    let mut out = String::from("<table>\n<tr><th>metric</th>");
+    for r in runs {
+        out.push_str(&format!("<th>{}</th>", esc(&r.label)));
+    }
+    out.push_str("</tr>\n");
+    for (key, name) in TABLE_KEYS {
+        let fields: Vec<Option<&Field>> = runs.iter().map(|r| r.line.get(key)).collect();
+        if fields.iter().all(|f| matches!(f, None | Some(Field::Json(Value::Null)))) {
+            continue;
+        }
+        out.push_str(&format!("<tr><td>{}</td>", esc(name)));
+        for f in fields {
+            out.push_str(&format!("<td>{}</td>", esc(&cell(f))));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    out
+}
+
+/// CSV: a `label` column, then every key any run has (first-seen order), one value per cell.
+/// Objects are flattened into `key.sub` columns; lists (the per-request lists of
+/// `--output-details`, saved outputs) are left out, so every cell stays small enough for
+/// spreadsheet and Python `csv` readers.
 pub fn csv(runs: &[Labeled]) -> String {
+    let flat: Vec<Vec<(String, String)>> = runs.iter().map(|r| flatten_line(&r.line)).collect();
     let mut keys: Vec<&str> = Vec::new();
-    for run in runs {
-        for key in run.line.keys() {
-            if !keys.contains(&key) {
+    for row in &flat {
+        for (key, _) in row {
+            if !keys.contains(&key.as_str()) {
                 keys.push(key);
             }
         }
@@ -200,24 +228,57 @@ pub fn csv(runs: &[Labeled]) -> String {
         std::iter::once("label").chain(keys.iter().copied()).map(quote).collect();
     out.push_str(&header.join(","));
     out.push('\n');
-    for run in runs {
+    for (run, row) in runs.iter().zip(&flat) {
         let mut cells = vec![quote(&run.label)];
         for key in &keys {
-            let text = match run.line.get(key) {
-                None | Some(Field::Json(Value::Null)) => String::new(),
-                Some(Field::Float(v)) if v.is_infinite() => {
-                    if *v > 0.0 { "inf" } else { "-inf" }.to_owned()
-                }
-                Some(Field::Float(v)) => v.to_string(),
-                Some(Field::Json(Value::String(s))) => s.clone(),
-                Some(Field::Json(v)) => v.to_string(),
-            };
-            cells.push(quote(&text));
+            let text = row.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
+            cells.push(quote(text));
         }
         out.push_str(&cells.join(","));
         out.push('\n');
     }
     out
+}
+
+/// The keys a CSV of `runs` leaves out (lists), to say so.
+pub fn csv_left_out(runs: &[Labeled]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for run in runs {
+        for (key, field) in &run.line.fields {
+            if matches!(field, Field::Json(Value::Array(_))) && !out.contains(key) {
+                out.push(key.clone());
+            }
+        }
+    }
+    out
+}
+
+fn flatten_line(line: &ResultLine) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, field) in &line.fields {
+        match field {
+            Field::Float(v) if v.is_infinite() => {
+                out.push((key.clone(), if *v > 0.0 { "inf" } else { "-inf" }.to_owned()));
+            }
+            Field::Float(v) => out.push((key.clone(), v.to_string())),
+            Field::Json(v) => flatten(key, v, &mut out),
+        }
+    }
+    out
+}
+
+fn flatten(key: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{key}.{k}"), v, out);
+            }
+        }
+        Value::Array(_) => {}
+        Value::Null => out.push((key.to_owned(), String::new())),
+        Value::String(s) => out.push((key.to_owned(), s.clone())),
+        v => out.push((key.to_owned(), v.to_string())),
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -250,8 +311,11 @@ mod tests {
         assert_eq!(decimal(0.5), "0.500");
         let c = csv(&runs);
         let lines: Vec<&str> = c.lines().collect();
-        assert_eq!(lines[0], "label,tag,backend,request_rate,completed,median_ttft_ms,server_info");
-        assert_eq!(lines[1], r#"a,a,vllm,inf,10,12.345,"{""x"":1}""#);
+        assert_eq!(
+            lines[0],
+            "label,tag,backend,request_rate,completed,median_ttft_ms,server_info.x"
+        );
+        assert_eq!(lines[1], "a,a,vllm,inf,10,12.345,1");
         assert_eq!(lines[2], "f:2,,sglang-oai,4,9,20,");
     }
 }

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::line::ResultLine;
 use crate::config::RequestRate;
+use crate::dataset::{Dataset, DatasetRequest, Prompt};
 use crate::metrics::RunMetrics;
 use crate::record::RequestRecord;
 use crate::stats::Distribution;
@@ -83,6 +84,11 @@ pub struct RunInfo {
     pub topology: Option<String>,
     pub burstiness: f64,
     pub seed: u64,
+    /// What prompts were measured with (`--tokenizer`, or what the server pointed to).
+    pub tokenizer: String,
+    /// The sampling and request settings every request was sent with (the `settings` key),
+    /// compared across runs by `bench outputs` and `bench compare`.
+    pub settings: Value,
 }
 
 fn push_dist(line: &mut ResultLine, name: &str, d: &Distribution) {
@@ -134,8 +140,16 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
     l.push("accept_length", Value::Null);
     l.push("max_output_tokens_per_s", m.max_output_tokens_per_s);
     l.push("max_concurrent_requests", json!(m.max_concurrent_requests));
-    if let Some(goodput) = m.request_goodput {
-        l.push("request_goodput", goodput);
+    if let Some(g) = &m.goodput {
+        // bench_serving's GoodputMetrics fields, in its order.
+        let slos: serde_json::Map<String, Value> =
+            g.slos.slos.iter().map(|(k, v)| (k.name().to_owned(), json!(v))).collect();
+        l.push("goodput_slos_ms", Value::Object(slos));
+        l.push("request_goodput", g.request_goodput);
+        l.push("slo_attainment", g.slo_attainment);
+        let by: serde_json::Map<String, Value> =
+            g.by_metric.iter().map(|(k, v)| (k.name().to_owned(), json!(v))).collect();
+        l.push("slo_attainment_by_metric", Value::Object(by));
     }
     // Switchyard's own figures.
     l.push("model", json!(info.model));
@@ -146,6 +160,8 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
     l.push("error_counts", json!(m.error_counts));
     l.push("burstiness", info.burstiness);
     l.push("seed", json!(info.seed));
+    l.push("tokenizer", json!(info.tokenizer));
+    l.push("settings", info.settings.clone());
     l.push("total_input_tokens_server", opt(m.total_input_server));
     l.push("max_itl_ms", m.itl.max);
     for (name, d) in [
@@ -164,13 +180,46 @@ pub fn result_line(info: &RunInfo, m: &RunMetrics) -> ResultLine {
     l.push("instance_requests_max_over_mean", opt(m.instance_requests_max_over_mean));
     l.push("client_cpu_ms", opt(m.client_cpu.map(|c| c.as_secs_f64() * 1000.0)));
     l.push("client_cpu_ms_per_request", opt(m.client_cpu_ms_per_request()));
+    l.push("client_process_cpu_ms", opt(m.process_cpu.map(|c| c.as_secs_f64() * 1000.0)));
+    l.push("client_process_cpu_ms_per_request", opt(m.process_cpu_ms_per_request()));
     if let Some(c) = &m.cost {
         l.push("gpus", c.gpus);
         l.push("gpu_cost_per_hour", c.gpu_cost_per_hour);
         l.push("cost_per_1m_output_tokens", opt(c.per_1m_output_tokens));
         l.push("cost_per_request", opt(c.per_request));
     }
+    l.push("failure_rate", json!(m.failed as f64 / m.num_requests.max(1) as f64));
+    if let Some(r) = &m.resources {
+        l.push("resources", r.json.clone());
+    }
     l
+}
+
+/// `--save-outputs`: every request's prompt (its own turn, for conversations) and output, with
+/// what it asked for and how long it took, in workload order.
+pub fn push_outputs(line: &mut ResultLine, records: &[RequestRecord], dataset: &Dataset) {
+    let turns: Vec<&DatasetRequest> = dataset.sessions.iter().flat_map(|s| &s.turns).collect();
+    let outputs: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let prompt = match turns.get(r.index).map(|t| &t.prompt) {
+                Some(Prompt::Text(text)) => json!(text),
+                Some(Prompt::Messages(messages)) => json!(messages),
+                None => Value::Null,
+            };
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            json!({
+                "prompt": prompt,
+                "max_tokens": r.output_len_requested,
+                "output": r.text,
+                "output_tokens": if r.succeeded() { r.output_tokens() } else { 0 },
+                "ttft_ms": r.ttft().map(ms),
+                "e2e_ms": ms(r.e2e()),
+                "error": r.failure.as_ref().map(|f| f.message.clone()),
+            })
+        })
+        .collect();
+    line.push("outputs", Value::Array(outputs));
 }
 
 /// `--output-details`: bench_serving's per-request lists (seconds, as it writes them), then the

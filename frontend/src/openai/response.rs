@@ -179,4 +179,10 @@ pub(crate) struct ModelObject<'a> {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// Where the model's tokenizer comes from (its cards' tokenizer source), under vLLM's name
+    /// for it, so clients such as load generators can measure prompts as the server does.
+    pub root: &'a str,
+    /// The context length, under vLLM's name, when the cards state one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
 }

@@ -18,7 +18,7 @@ use regex::Regex;
 const TEMPLATE_NAME: &str = "chat";
 
 /// A compiled chat template, rendered for each request.
-pub(crate) struct ChatTemplate {
+pub struct ChatTemplate {
     env: Environment<'static>,
 }
 
