@@ -6,6 +6,6 @@ pub mod error;
 pub mod mocker;
 pub mod service;
 
-pub use engine::{Engine, EngineStream};
+pub use engine::{Engine, EngineStream, KvBytesStream, KvExport, KvTransferEngine};
 pub use error::{Error, Result};
 pub use service::{PlaneListener, WorkerConfig, serve};
