@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Switchyard needs on Debian 12: the mold linker, protoc,
-# nats-server and etcd (for the server-mode tests), and a Python venv with the official
-# `openai` client (for the API-compatibility tests). Safe to run again.
+# nats-server and etcd (for the server-mode tests), a Python venv with the official `openai`
+# client (for the API-compatibility tests), and llama-server with the tiny model's weights (for
+# the engine tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +27,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/nul
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3"
 fi
-echo "setup done: $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"
+# Real engines for the engine tests, cached outside the checkout ($SWITCHYARD_CACHE_DIR, default
+# ~/.cache/switchyard) and made again when missing: llama.cpp's llama-server built from the
+# llama-cpp-python sdist (~5 min on 2 cores the first time), and the tiny model with weights
+# (safetensors for vLLM, GGUF for llama.cpp).
+llama_server=$(bash scripts/build_llama_server.sh)
+tiny_model=$(bash scripts/tiny_model.sh)
+
+echo "setup done: $llama_server; $tiny_model; $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"

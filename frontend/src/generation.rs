@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, WorkerError};
+use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, TokenLogprob, WorkerError};
 use switchyard_runtime::ChunkStream;
 use tokio::time::timeout_at;
 
@@ -45,6 +45,8 @@ pub(crate) struct Generation {
     scratch: String,
     /// The text of the last [`Step::Text`].
     text: String,
+    /// Log probabilities of the tokens not yet handed out with a step.
+    logprobs: Vec<TokenLogprob>,
     deadline: tokio::time::Instant,
     timeout: Duration,
     prompt_tokens: u32,
@@ -77,6 +79,7 @@ impl Generation {
             stop: StopMatcher::new(setup.stop),
             scratch: String::new(),
             text: String::new(),
+            logprobs: Vec::new(),
             deadline: setup.deadline,
             timeout: setup.timeout,
             prompt_tokens: setup.prompt_tokens,
@@ -90,6 +93,11 @@ impl Generation {
     /// The text of the last [`Step::Text`].
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Log probabilities of the tokens since the last call (empty unless asked for).
+    pub fn take_logprobs(&mut self) -> Vec<TokenLogprob> {
+        std::mem::take(&mut self.logprobs)
     }
 
     /// The next piece of the response; `None` after a `Finished` or `Failed` step.
@@ -138,6 +146,7 @@ impl Generation {
     /// Turns a chunk's tokens into text; notes the finish if the chunk ends the response.
     fn absorb(&mut self, chunk: &GenerateChunk) {
         self.tracker.tokens(chunk.token_ids.len(), Instant::now());
+        self.logprobs.extend(chunk.logprobs.iter().cloned());
         for &id in &chunk.token_ids {
             self.completion_tokens += 1;
             self.scratch.clear();
@@ -189,6 +198,9 @@ impl Generation {
 /// The frontend's error for a worker's error chunk.
 fn worker_error(error: &WorkerError) -> Error {
     match error.kind() {
+        ErrorKind::InvalidRequest if !error.param.is_empty() => {
+            Error::invalid(error.param.clone(), error.message.clone())
+        }
         ErrorKind::InvalidRequest => Error::WorkerRejected { message: error.message.clone() },
         kind => Error::Worker(format!("{kind:?}: {}", error.message)),
     }

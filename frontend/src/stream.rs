@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::generation::{Finish, Generation, Step};
+use crate::logprobs::LogprobsOut;
 use crate::openai::response::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
     Completion, CompletionChoice, ResponseMeta, Usage,
@@ -31,6 +32,7 @@ pub(crate) fn sse_response(
     meta: ResponseMeta,
     kind: ApiKind,
     include_usage: bool,
+    logprobs: Option<LogprobsOut>,
 ) -> Response {
     let events = SseEvents {
         generation,
@@ -38,6 +40,7 @@ pub(crate) fn sse_response(
         meta,
         kind,
         include_usage,
+        logprobs,
         role_sent: false,
         done: false,
     };
@@ -58,6 +61,8 @@ struct SseEvents {
     meta: ResponseMeta,
     kind: ApiKind,
     include_usage: bool,
+    /// Renders log probabilities, when the request asked for them.
+    logprobs: Option<LogprobsOut>,
     /// Whether the chat `role` went out yet (it rides on the first delta).
     role_sent: bool,
     done: bool,
@@ -74,17 +79,29 @@ impl SseEvents {
             None => self.generation.next_step().await?,
         };
         let mut frame = Vec::with_capacity(256);
+        let logprobs = match &mut self.logprobs {
+            Some(out) => Some(out.render(&self.generation.take_logprobs())),
+            None => None,
+        };
         match step {
             Step::Text => {
                 let text = self.generation.text();
-                write_text(&mut frame, &self.meta, self.kind, text, !self.role_sent);
+                write_text(&mut frame, &self.meta, self.kind, text, !self.role_sent, logprobs);
                 self.role_sent = true;
             }
             Step::Finished(finish) => {
                 if self.kind == ApiKind::Chat && !self.role_sent {
-                    write_text(&mut frame, &self.meta, self.kind, "", true);
+                    write_text(&mut frame, &self.meta, self.kind, "", true, None);
                 }
-                write_finish(&mut frame, &self.meta, self.kind, &finish, self.include_usage);
+                let logprobs = logprobs.filter(|l| !is_empty_logprobs(l));
+                write_finish(
+                    &mut frame,
+                    &self.meta,
+                    self.kind,
+                    &finish,
+                    self.include_usage,
+                    logprobs,
+                );
                 frame.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
             }
@@ -109,26 +126,32 @@ fn write_event<T: Serialize>(frame: &mut Vec<u8>, value: &T) {
     frame.extend_from_slice(b"\n\n");
 }
 
+/// Whether a rendered `logprobs` object holds no token.
+fn is_empty_logprobs(value: &serde_json::Value) -> bool {
+    let list = value.get("content").or_else(|| value.get("tokens"));
+    list.and_then(serde_json::Value::as_array).is_none_or(Vec::is_empty)
+}
+
 fn write_text(
     frame: &mut Vec<u8>,
     meta: &ResponseMeta,
     kind: ApiKind,
     text: &str,
     with_role: bool,
+    logprobs: Option<serde_json::Value>,
 ) {
     match kind {
         ApiKind::Chat => {
             let choices = [ChatChunkChoice {
                 index: 0,
                 delta: ChatDelta { role: with_role.then_some("assistant"), content: Some(text) },
-                logprobs: None,
+                logprobs,
                 finish_reason: None,
             }];
             write_event(frame, &chat_chunk(meta, &choices, None));
         }
         ApiKind::Completion => {
-            let choices =
-                [CompletionChoice { index: 0, text, logprobs: None, finish_reason: None }];
+            let choices = [CompletionChoice { index: 0, text, logprobs, finish_reason: None }];
             write_event(frame, &completion(meta, &choices, None));
         }
     }
@@ -140,13 +163,14 @@ fn write_finish(
     kind: ApiKind,
     finish: &Finish,
     include_usage: bool,
+    logprobs: Option<serde_json::Value>,
 ) {
     match kind {
         ApiKind::Chat => {
             let choices = [ChatChunkChoice {
                 index: 0,
                 delta: ChatDelta { role: None, content: None },
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish.reason),
             }];
             write_event(frame, &chat_chunk(meta, &choices, None));
@@ -158,7 +182,7 @@ fn write_finish(
             let choices = [CompletionChoice {
                 index: 0,
                 text: "",
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish.reason),
             }];
             write_event(frame, &completion(meta, &choices, None));
@@ -204,10 +228,14 @@ pub(crate) async fn collect_response(
     mut generation: Generation,
     meta: ResponseMeta,
     kind: ApiKind,
+    mut logprobs_out: Option<LogprobsOut>,
 ) -> Response {
     let mut text = String::new();
+    let mut tokens = Vec::new();
     let finish = loop {
-        match generation.next_step().await {
+        let step = generation.next_step().await;
+        tokens.extend(generation.take_logprobs());
+        match step {
             Some(Step::Text) => text.push_str(generation.text()),
             Some(Step::Finished(finish)) => break finish,
             Some(Step::Failed(error)) => return error.into_response(),
@@ -216,6 +244,7 @@ pub(crate) async fn collect_response(
             }
         }
     };
+    let logprobs = logprobs_out.as_mut().map(|out| out.render(&tokens));
     let body = match kind {
         ApiKind::Chat => serde_json::to_vec(&ChatCompletion {
             id: &meta.id,
@@ -225,7 +254,7 @@ pub(crate) async fn collect_response(
             choices: [ChatChoice {
                 index: 0,
                 message: AssistantMessage { role: "assistant", content: &text },
-                logprobs: None,
+                logprobs,
                 finish_reason: finish.reason,
             }],
             usage: finish.usage,
@@ -234,7 +263,7 @@ pub(crate) async fn collect_response(
             let choices = [CompletionChoice {
                 index: 0,
                 text: &text,
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish.reason),
             }];
             serde_json::to_vec(&completion(&meta, &choices, Some(finish.usage)))

@@ -116,6 +116,7 @@ async fn start_worker(id: &str, discovery: &Discovery, shutdown: &CancellationTo
         address,
         card: Some(card(MODEL)),
         transport: "tcp".to_owned(),
+        ..Default::default()
     };
     let registration =
         within(discovery.register(record, Duration::from_secs(5), shutdown.clone())).await.unwrap();

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod frontend;
+pub mod launch;
 pub mod logging;
 pub mod plane;
 pub mod shutdown;

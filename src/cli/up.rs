@@ -65,6 +65,12 @@ impl UpArgs {
 }
 
 pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.serve.engine != super::worker::EngineKind::Mocker {
+        anyhow::bail!(
+            "`up` runs simulated workers only; start a worker per engine server with \
+             `switchyard worker --engine …`"
+        );
+    }
     let listener = args.http.bind().await?;
     let topology = LocalTopology::start(&args, listener, shutdown.clone()).await?;
     println!(
@@ -170,7 +176,8 @@ impl Topology {
                         (args.serve.clone(), discovery.clone(), shutdown.clone());
                     tasks.spawn(async move {
                         let result =
-                            super::worker::serve(listener, &serve, config, discovery, stop).await;
+                            super::worker::serve(listener, &serve, None, config, discovery, stop)
+                                .await;
                         if let Err(e) = result {
                             warn!(error = format!("{e:#}"), "worker stopped");
                         }

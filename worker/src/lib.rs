@@ -1,9 +1,12 @@
 //! Switchyard workers: the [`Engine`] seam, the engines, and the service that registers a
 //! worker in discovery and serves its engine over the request plane.
 
+pub mod conformance;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod mocker;
+pub mod openai;
 pub mod service;
 
 pub use engine::{Engine, EngineStream, KvBytesStream, KvExport, KvTransferEngine};

@@ -20,6 +20,7 @@ use crate::config::FrontendConfig;
 use crate::error::Error;
 use crate::generation::{Generation, GenerationSetup, Step};
 use crate::kv_router::KvRouter;
+use crate::logprobs::LogprobsOut;
 use crate::metrics::RequestTracker;
 use crate::models::{ModelEntry, ModelRegistry};
 use crate::openai::params::{RequestParams, resolve_max_tokens};
@@ -122,6 +123,13 @@ pub(crate) async fn respond(
             stop: params.stop.clone(),
             stop_token_ids: params.stop_token_ids,
             ignore_eos: params.ignore_eos,
+            presence_penalty: params.presence_penalty,
+            frequency_penalty: params.frequency_penalty,
+            repetition_penalty: params.repetition_penalty,
+            min_p: params.min_p,
+            logit_bias: params.logit_bias,
+            logprobs: params.logprobs,
+            response_format: params.response_format,
         }),
         disaggregated: None,
         deadline_ms: 0,
@@ -148,14 +156,15 @@ pub(crate) async fn respond(
         timeout: state.config.request_timeout,
     };
     let mut generation = Generation::new(dispatched, setup, tracker);
+    let logprobs = params.logprobs.map(|_| LogprobsOut::new(preprocessor.clone(), kind));
     if !params.stream {
-        return collect_response(generation, meta, kind).await;
+        return collect_response(generation, meta, kind, logprobs).await;
     }
     // The first step is awaited before answering, so a request that fails before any output
     // still gets a plain error status rather than a 200 stream holding an error.
     match generation.next_step().await {
         Some(Step::Failed(error)) => error.into_response(),
-        Some(first) => sse_response(generation, first, meta, kind, params.include_usage),
+        Some(first) => sse_response(generation, first, meta, kind, params.include_usage, logprobs),
         None => Error::Internal("response ended before it began".into()).into_response(),
     }
 }

@@ -54,7 +54,7 @@ pub(crate) struct ChatCompletion<'a> {
 pub(crate) struct ChatChoice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: &'static str,
 }
 
@@ -80,7 +80,7 @@ pub(crate) struct ChatCompletionChunk<'a> {
 pub(crate) struct ChatChunkChoice<'a> {
     pub index: u32,
     pub delta: ChatDelta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -108,7 +108,7 @@ pub(crate) struct Completion<'a> {
 pub(crate) struct CompletionChoice<'a> {
     pub index: u32,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
 }
 

@@ -164,7 +164,11 @@ fn error_chunk(seq: u64, kind: ErrorKind) -> GenerateChunk {
     GenerateChunk {
         seq,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message: format!("scripted {kind:?}") }),
+        error: Some(WorkerError {
+            kind: kind.into(),
+            message: format!("scripted {kind:?}"),
+            ..Default::default()
+        }),
         ..GenerateChunk::default()
     }
 }
@@ -355,6 +359,7 @@ async fn register(
         address: address.to_owned(),
         card: Some(card(model)),
         transport: "tcp".to_owned(),
+        ..Default::default()
     };
     Ok(within(discovery.register(record, Duration::from_secs(5), shutdown.clone())).await?)
 }
