@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing Switchyard needs on Debian 12: the mold linker, protoc,
-# nats-server and etcd (for the server-mode tests), a Python venv with the official `openai`
-# client (for the API-compatibility tests), and llama-server with the tiny model's weights (for
-# the engine tests). Safe to run again.
+# nats-server and etcd (for the server-mode tests), and a Python venv with the official
+# `openai` client (for the API-compatibility tests) and Jinja2 (the chat-template corpus test
+# renders real templates with it, as `transformers` does), and debootstrap (the container tests
+# build their image offline with it; they also need the Docker engine and docker-compose). Safe
+# to run again. It also builds llama-server and makes the tiny model's weights (for the
+# engine tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl)
+packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,9 +26,9 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 # The venv lives in the checkout (ignored by git); tests find it at .venv/bin/python.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, jinja2" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3"
+  .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3" "jinja2>=3.1,<4"
 fi
 # Real engines for the engine tests, cached outside the checkout ($SWITCHYARD_CACHE_DIR, default
 # ~/.cache/switchyard) and made again when missing: llama.cpp's llama-server built from the

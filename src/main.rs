@@ -1,6 +1,7 @@
 //! The `switchyard` binary: parses the command line and hands over to the library crates.
 
 mod cli;
+mod deploy;
 mod env_names;
 
 use clap::Parser;

@@ -93,17 +93,47 @@ pub(crate) enum Detokenizer {
     Window(WindowDecoder),
 }
 
+/// Special tokens shown as text after all (output parsers read them): id and text.
+pub(crate) type KeptSpecial = Arc<[(u32, Box<str>)]>;
+
 impl Detokenizer {
     pub fn by_bytes(table: Arc<TokenBytes>) -> Detokenizer {
-        Detokenizer::Bytes(ByteDecoder { table, pending: Vec::new() })
+        Detokenizer::Bytes(ByteDecoder { table, pending: Vec::new(), kept: Arc::new([]) })
     }
 
     pub fn by_window(tokenizer: Arc<Tokenizer>) -> Detokenizer {
-        Detokenizer::Window(WindowDecoder { tokenizer, ids: Vec::new(), prefix: 0, read: 0 })
+        Detokenizer::Window(WindowDecoder {
+            tokenizer,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+            kept: Arc::new([]),
+        })
+    }
+
+    /// Shows these special tokens as their text.
+    pub fn keeping(mut self, special: KeptSpecial) -> Detokenizer {
+        match &mut self {
+            Detokenizer::Bytes(d) => d.kept = special,
+            Detokenizer::Window(d) => d.kept = special,
+        }
+        self
     }
 
     /// Adds token `id`; appends to `out` the text that is now complete.
     pub fn push(&mut self, id: u32, out: &mut String) {
+        let kept = match self {
+            Detokenizer::Bytes(d) => &d.kept,
+            Detokenizer::Window(d) => &d.kept,
+        };
+        if !kept.is_empty()
+            && let Some((_, text)) = kept.iter().find(|(k, _)| *k == id)
+        {
+            let text = text.clone();
+            self.flush(out);
+            out.push_str(&text);
+            return;
+        }
         match self {
             Detokenizer::Bytes(d) => d.push(id, out),
             Detokenizer::Window(d) => d.push(id, out),
@@ -124,6 +154,7 @@ pub(crate) struct ByteDecoder {
     table: Arc<TokenBytes>,
     /// Bytes of a character not yet complete (at most 3).
     pending: Vec<u8>,
+    kept: KeptSpecial,
 }
 
 impl ByteDecoder {
@@ -185,6 +216,7 @@ pub(crate) struct WindowDecoder {
     prefix: usize,
     /// End of what has been emitted.
     read: usize,
+    kept: KeptSpecial,
 }
 
 impl WindowDecoder {
@@ -314,6 +346,23 @@ mod tests {
             d.push(im_end, &mut out);
             d.flush(&mut out);
             assert_eq!(out, "", "{name}");
+        }
+    }
+
+    #[test]
+    fn kept_special_tokens_show_as_their_text() {
+        let tokenizer = tiny();
+        let im_start = tokenizer.token_to_id("<|im_start|>").expect("special token");
+        let im_end = tokenizer.token_to_id("<|im_end|>").expect("special token");
+        let hi = tokenizer.encode("hi", false).expect("encodes").get_ids().to_vec();
+        for (name, d) in decoders(&tokenizer) {
+            let mut d = d.keeping(Arc::from(vec![(im_start, Box::from("<|im_start|>"))]));
+            let mut out = String::new();
+            for &id in hi.iter().chain([im_start, im_end].iter()).chain(hi.iter()) {
+                d.push(id, &mut out);
+            }
+            d.flush(&mut out);
+            assert_eq!(out, "hi<|im_start|>hi", "{name}");
         }
     }
 

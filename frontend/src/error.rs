@@ -41,11 +41,14 @@ pub enum Error {
     /// The worker refused the request as given (e.g. a prompt its engine cannot take).
     #[error("{message}")]
     WorkerRejected { message: String },
+    /// The model exists but its engines do not offer this endpoint (e.g. embeddings).
+    #[error("the model `{model}` does not serve {what}")]
+    NotOffered { model: String, what: &'static str },
     /// The worker or the request plane failed while serving the request.
     #[error("worker failure: {0}")]
     Worker(String),
-    /// A model's tokenizer or chat template could not be loaded.
-    #[error("cannot load the model files of `{source_name}`: {reason}")]
+    /// A model's tokenizer or chat template could not be loaded: the model is not served.
+    #[error("the model is not served: cannot load the model files of `{source_name}`: {reason}")]
     ModelLoad { source_name: String, reason: String },
     /// Discovery could not be followed at start-up.
     #[error("discovery: {0}")]
@@ -70,18 +73,20 @@ impl Error {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidRequest { .. } | Error::WorkerRejected { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidRequest { .. }
+            | Error::WorkerRejected { .. }
+            | Error::NotOffered { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::ModelNotFound { .. } | Error::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NoInstance { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Worker(_) => StatusCode::BAD_GATEWAY,
-            Error::ModelLoad { .. }
-            | Error::Discovery(_)
-            | Error::Events(_)
-            | Error::Io(_)
-            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The model is not served until its files load; the reason is the operator's.
+            Error::ModelLoad { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -90,6 +95,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => ("invalid_request_error", None),
             Error::WorkerRejected { .. } => ("invalid_request_error", Some("rejected_by_worker")),
+            Error::NotOffered { .. } => ("invalid_request_error", Some("not_offered_by_model")),
             Error::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Error::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             Error::RouteNotFound { .. } => ("invalid_request_error", Some("not_found")),
@@ -98,11 +104,10 @@ impl Error {
             Error::Unavailable { .. } => ("server_error", Some("overloaded")),
             Error::Timeout { .. } => ("server_error", Some("timeout")),
             Error::Worker(_) => ("server_error", Some("worker_error")),
-            Error::ModelLoad { .. }
-            | Error::Discovery(_)
-            | Error::Events(_)
-            | Error::Io(_)
-            | Error::Internal(_) => ("server_error", Some("internal_error")),
+            Error::ModelLoad { .. } => ("server_error", Some("model_not_served")),
+            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
+                ("server_error", Some("internal_error"))
+            }
         }
     }
 
@@ -111,11 +116,9 @@ impl Error {
     fn public_message(&self) -> Cow<'_, str> {
         match self {
             Error::Worker(_) => Cow::Borrowed("the worker failed while serving the request"),
-            Error::ModelLoad { .. }
-            | Error::Discovery(_)
-            | Error::Events(_)
-            | Error::Io(_)
-            | Error::Internal(_) => Cow::Borrowed("internal server error"),
+            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
+                Cow::Borrowed("internal server error")
+            }
             other => Cow::Owned(other.to_string()),
         }
     }

@@ -13,7 +13,7 @@ use tokio::time::timeout_at;
 use crate::detokenize::Detokenizer;
 use crate::error::Error;
 use crate::metrics::RequestTracker;
-use crate::openai::response::Usage;
+use crate::openai::response::{Nvext, NvextTiming, Usage};
 use crate::routing::{Dispatched, InFlightGuard};
 use crate::stop::StopMatcher;
 
@@ -54,6 +54,11 @@ pub(crate) struct Generation {
     finish: Option<Finish>,
     done: bool,
     tracker: RequestTracker,
+    /// For the timing extension: who served it, and when it was sent, began and ended.
+    instance_id: String,
+    dispatched_at: Instant,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
 }
 
 /// What a generation needs besides the dispatched request.
@@ -63,6 +68,8 @@ pub(crate) struct GenerationSetup {
     pub prompt_tokens: u32,
     pub deadline: tokio::time::Instant,
     pub timeout: Duration,
+    /// When the request was handed to the router.
+    pub dispatched_at: Instant,
 }
 
 impl Generation {
@@ -87,6 +94,10 @@ impl Generation {
             finish: None,
             done: false,
             tracker,
+            instance_id: dispatched.instance_id,
+            dispatched_at: setup.dispatched_at,
+            first_token_at: None,
+            last_token_at: None,
         }
     }
 
@@ -145,7 +156,12 @@ impl Generation {
 
     /// Turns a chunk's tokens into text; notes the finish if the chunk ends the response.
     fn absorb(&mut self, chunk: &GenerateChunk) {
-        self.tracker.tokens(chunk.token_ids.len(), Instant::now());
+        let now = Instant::now();
+        self.tracker.tokens(chunk.token_ids.len(), now);
+        if !chunk.token_ids.is_empty() {
+            self.first_token_at.get_or_insert(now);
+            self.last_token_at = Some(now);
+        }
         self.logprobs.extend(chunk.logprobs.iter().cloned());
         for &id in &chunk.token_ids {
             self.completion_tokens += 1;
@@ -179,6 +195,25 @@ impl Generation {
             usage: Usage::new(self.prompt_tokens, completion_tokens, cached_tokens),
         });
         self.release_worker();
+    }
+
+    /// The timing extension of this response (meaningful once it finished).
+    pub fn nvext(&self, usage: &Usage) -> Nvext {
+        let ms =
+            |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+        let received = self.tracker.started_at();
+        let first = self.first_token_at.unwrap_or(self.dispatched_at);
+        let last = self.last_token_at.unwrap_or(first);
+        Nvext {
+            worker_id: self.instance_id.clone(),
+            cached_tokens: usage.prompt_tokens_details.cached_tokens,
+            timing: NvextTiming {
+                queue_ms: ms(received, self.dispatched_at),
+                prefill_ms: ms(self.dispatched_at, first),
+                decode_ms: ms(first, last),
+                total_ms: ms(received, Instant::now()),
+            },
+        }
     }
 
     /// Drops the worker's stream (cancelling whatever it still does) and its in-flight count.

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::error::Error;
 use crate::handlers::AppState;
+use crate::models::ModelEntry;
 use crate::openai::response::{ModelList, ModelObject};
 use crate::stream::json_response;
 
@@ -38,23 +39,37 @@ pub(crate) async fn live() -> Response {
     json_response(StatusCode::OK, br#"{"status":"live"}"#.to_vec())
 }
 
-/// The models with live instances, in OpenAI's list shape.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "The models served now")))]
+/// The models served now (live instances, files loaded or loading), in OpenAI's list shape.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Response {
     let table = state.registry.table();
     let list = ModelList {
         object: "list",
-        data: table
-            .iter()
-            .filter(|m| m.live_instances > 0)
-            .map(|m| ModelObject {
-                id: &m.name,
-                object: "model",
-                created: m.created,
-                owned_by: "switchyard",
-            })
-            .collect(),
+        data: table.iter().filter(|m| is_served(m)).map(|m| model_object(m)).collect(),
     };
     to_json(StatusCode::OK, &list)
+}
+
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "Model name")),
+    responses((status = 200, description = "The model"),
+              (status = 404, description = "Unknown model", body = crate::openapi::ErrorResponse)))]
+/// `GET /v1/models/{id}`: one served model, or 404.
+pub(crate) async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let table = state.registry.table();
+    match table.get(&id).filter(|m| is_served(m)) {
+        Some(entry) => to_json(StatusCode::OK, &model_object(entry)),
+        None => Error::ModelNotFound { model: id }.into_response(),
+    }
+}
+
+/// A model is listed while it has live instances and its files did not fail to load (a
+/// template that does not compile keeps it out).
+fn is_served(entry: &ModelEntry) -> bool {
+    entry.live_instances > 0 && entry.preprocessor.failure().is_none()
+}
+
+fn model_object(entry: &ModelEntry) -> ModelObject<'_> {
+    ModelObject { id: &entry.name, object: "model", created: entry.created, owned_by: "switchyard" }
 }
 
 pub(crate) async fn metrics() -> Response {

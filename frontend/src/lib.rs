@@ -3,11 +3,14 @@
 //! discovery with the configured policy, streams the worker's tokens back as OpenAI chunks,
 //! and exports Prometheus metrics.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`,
+//! `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /openapi.json`,
 //! `GET /health`, `GET /live`, `GET /metrics`.
 
 mod bpe;
+mod chat_output;
 mod config;
+mod conversation;
 mod detokenize;
 mod error;
 mod generation;
@@ -18,7 +21,10 @@ mod logprobs;
 pub mod metrics;
 mod models;
 mod openai;
+mod openapi;
+mod parsers;
 mod preprocess;
+mod responses_output;
 mod routing;
 mod stop;
 mod stream;
@@ -39,11 +45,26 @@ use tokio_util::task::TaskTracker;
 
 pub use config::FrontendConfig;
 pub use error::Error;
+pub use parsers::{ReasoningParserKind, ToolParserKind};
 pub use switchyard_router::PolicyKind;
 
 use crate::handlers::AppState;
 use crate::kv_router::KvRouter;
 use crate::models::ModelRegistry;
+
+/// Compiles the chat template of `files` as frontends will, so a worker can refuse at start
+/// a model whose template does not compile (with the reason) rather than register it.
+pub fn check_chat_template(files: &switchyard_model::ModelFiles) -> Result<(), Error> {
+    match files.tokenizer_config.chat_template.as_deref() {
+        Some(source) => {
+            template::ChatTemplate::compile(source).map(|_| ()).map_err(|e| Error::ModelLoad {
+                source_name: files.source.clone(),
+                reason: format!("chat template: {e:#}"),
+            })
+        }
+        None => Ok(()),
+    }
+}
 
 /// Bound on waiting for the frontend's own background tasks after the server stopped.
 const TASKS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +125,11 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(handlers::chat::chat_completions))
         .route("/v1/completions", post(handlers::completions::completions))
+        .route("/v1/responses", post(handlers::responses::responses))
+        .route("/v1/embeddings", post(handlers::embeddings::embeddings))
         .route("/v1/models", get(health::models))
+        .route("/v1/models/{id}", get(health::model))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/health", get(health::health))
         .route("/live", get(health::live))
         .route("/metrics", get(health::metrics))

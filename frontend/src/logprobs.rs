@@ -26,7 +26,7 @@ impl LogprobsOut {
     /// The `logprobs` object for these tokens.
     pub fn render(&mut self, tokens: &[TokenLogprob]) -> Value {
         match self.kind {
-            ApiKind::Chat => {
+            ApiKind::Chat | ApiKind::Responses => {
                 let content: Vec<Value> = tokens
                     .iter()
                     .map(|t| {

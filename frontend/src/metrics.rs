@@ -191,6 +191,7 @@ pub(crate) fn instance_requests_counter(model: &str, instance_id: &str) -> Count
 pub(crate) enum Endpoint {
     Chat,
     Completions,
+    Responses,
 }
 
 impl Endpoint {
@@ -198,6 +199,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat_completions",
             Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::metrics::{ModelMetrics, instance_requests_counter};
+use crate::parsers::ParserConfig;
 use crate::preprocess::Preprocessor;
 
 /// After a failed load, requests get the same error for this long before loading is retried,
@@ -50,6 +51,8 @@ pub(crate) struct ModelEntry {
     pub kv_block_size: usize,
     pub preprocessor: Arc<PreprocessorSlot>,
     pub metrics: Arc<ModelMetrics>,
+    /// Output parsers the instances' cards name.
+    pub parsers: ParserConfig,
 }
 
 /// A snapshot of every model, swapped whole on each discovery change.
@@ -81,6 +84,14 @@ pub(crate) struct PreprocessorSlot {
 impl PreprocessorSlot {
     fn new(source: String) -> PreprocessorSlot {
         PreprocessorSlot { source, loaded: OnceCell::new(), failure: Mutex::new(None) }
+    }
+
+    /// Why loading failed, while the failure stands (cleared by a successful load).
+    pub fn failure(&self) -> Option<String> {
+        if self.loaded.get().is_some() {
+            return None;
+        }
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, r)| r.clone())
     }
 
     /// The loaded preprocessor; the first caller loads it on a blocking thread and the others
@@ -215,6 +226,10 @@ impl TableBuilder {
                     "instances disagree on the KV block size; using {kv_block_size}"
                 );
             }
+            let parsers = cards()
+                .next()
+                .map(|c| ParserConfig::from_names(&c.reasoning_parser, &c.tool_call_parser))
+                .unwrap_or_default();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let entry = ModelEntry {
                 name: name.to_owned(),
@@ -229,6 +244,7 @@ impl TableBuilder {
                     .or_insert_with(|| Arc::new(ModelMetrics::new(name)))
                     .clone(),
                 instances,
+                parsers,
             };
             models.insert(name.to_owned(), Arc::new(entry));
         }
@@ -244,6 +260,7 @@ impl TableBuilder {
                     kv_block_size: gone.kv_block_size,
                     preprocessor: gone.preprocessor.clone(),
                     metrics: gone.metrics.clone(),
+                    parsers: gone.parsers,
                 };
                 models.insert(name.clone(), Arc::new(entry));
             }

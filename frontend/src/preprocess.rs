@@ -1,20 +1,15 @@
 //! Preprocessing of one model: its tokenizer and compiled chat template, loaded once and
 //! shared by every request; renders a conversation and turns text into token ids.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use minijinja::Value;
-use minijinja::context;
-use minijinja::value::{ValueKind, merge_maps};
-use serde::Serialize;
 use switchyard_model::ModelFiles;
 use tokenizers::{PostProcessor, Tokenizer};
 
 use crate::bpe::FastBpe;
+use crate::conversation::{self, ChatInput, SpecialTokens};
 use crate::detokenize::{Detokenizer, TokenBytes};
 use crate::error::Error;
-use crate::openai::request::{ChatMessage, MessageContent};
 use crate::template::ChatTemplate;
 
 /// What serving one model's requests needs besides the worker.
@@ -58,7 +53,7 @@ impl Preprocessor {
         let template = files
             .tokenizer_config
             .chat_template
-            .clone()
+            .as_deref()
             .map(ChatTemplate::compile)
             .transpose()
             .map_err(|e| fail(format!("chat template: {e:#}")))?;
@@ -98,55 +93,19 @@ impl Preprocessor {
         self.context_length
     }
 
-    /// Renders `messages` (and `tools`, and any extra template variables) into the prompt,
-    /// with the generation prompt added.
-    pub fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&Value>,
-        extra: Option<&Value>,
-    ) -> Result<String, Error> {
+    /// Renders a conversation into the prompt text with the model's chat template.
+    pub fn render_chat(&self, input: &ChatInput<'_>) -> Result<String, Error> {
         let Some(template) = &self.template else {
             return Err(Error::invalid(
                 "messages",
                 "this model has no chat template; use /v1/completions with a prompt",
             ));
         };
-        if messages.is_empty() {
-            return Err(Error::invalid("messages", "messages must not be empty"));
-        }
-        let messages = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| TemplateMessage::from_request(i, m))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let extra = match extra {
-            Some(v) if v.is_none() || v.is_undefined() => Value::UNDEFINED,
-            Some(v) if v.kind() == ValueKind::Map => v.clone(),
-            Some(_) => {
-                return Err(Error::invalid(
-                    "chat_template_kwargs",
-                    "chat_template_kwargs must be an object",
-                ));
-            }
-            None => Value::UNDEFINED,
+        let special = SpecialTokens {
+            bos: self.bos_token.as_deref().unwrap_or(""),
+            eos: self.eos_token.as_deref().unwrap_or(""),
         };
-        let base = context! {
-            messages => Value::from_serialize(&messages),
-            add_generation_prompt => true,
-            bos_token => self.bos_token.as_deref().unwrap_or(""),
-            eos_token => self.eos_token.as_deref().unwrap_or(""),
-            tools => tools.filter(|t| !t.is_none()),
-        };
-        // Extra variables may add to the context but not replace what the request defines.
-        let ctx = if extra.is_undefined() { base } else { merge_maps([extra, base]) };
-        template.render(ctx).map_err(|e| {
-            let message = match (e.kind(), e.detail()) {
-                (minijinja::ErrorKind::InvalidOperation, Some(detail)) => detail.to_owned(),
-                _ => format!("the chat template cannot format these messages: {e}"),
-            };
-            Error::invalid("messages", message)
-        })
+        conversation::render(template, special, input)
     }
 
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's post-processor adds
@@ -185,76 +144,21 @@ impl Preprocessor {
         }
     }
 
-    /// A fresh incremental detokenizer for one response.
-    pub fn detokenizer(&self) -> Detokenizer {
-        match &self.token_bytes {
+    /// A fresh incremental detokenizer for one response; `special` names special tokens the
+    /// output parsers must see as text (others produce none).
+    pub fn detokenizer(&self, special: &[&str]) -> Detokenizer {
+        let detokenizer = match &self.token_bytes {
             Some(table) => Detokenizer::by_bytes(table.clone()),
             None => Detokenizer::by_window(self.tokenizer.clone()),
-        }
-    }
-}
-
-/// A message as the chat template sees it: `content` a string (text parts joined) or none.
-#[derive(Serialize)]
-struct TemplateMessage<'a> {
-    role: &'a str,
-    content: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
-}
-
-impl<'a> TemplateMessage<'a> {
-    fn from_request(index: usize, message: &'a ChatMessage) -> Result<Self, Error> {
-        let role = message.role.as_deref().ok_or_else(|| {
-            Error::invalid(format!("messages[{index}].role"), "missing field `role`")
-        })?;
-        let content = match &message.content {
-            None => None,
-            Some(MessageContent::Text(text)) => Some(Cow::Borrowed(text.as_str())),
-            Some(MessageContent::Parts(parts)) => {
-                let mut joined = String::new();
-                for (j, part) in parts.iter().enumerate() {
-                    match (part.kind.as_deref(), &part.text) {
-                        (Some("text"), Some(text)) => {
-                            if j > 0 {
-                                joined.push('\n');
-                            }
-                            joined.push_str(text);
-                        }
-                        (Some("text"), None) => {
-                            return Err(Error::invalid(
-                                format!("messages[{index}].content[{j}].text"),
-                                "a text part needs `text`",
-                            ));
-                        }
-                        (kind, _) => {
-                            return Err(Error::invalid(
-                                format!("messages[{index}].content[{j}].type"),
-                                format!(
-                                    "content part type {} is not supported; only `text` is",
-                                    kind.map_or_else(|| "(none)".to_owned(), |k| format!("`{k}`"))
-                                ),
-                            ));
-                        }
-                    }
-                }
-                Some(Cow::Owned(joined))
-            }
         };
-        Ok(TemplateMessage {
-            role,
-            content,
-            name: message.name.as_deref(),
-            tool_calls: message.tool_calls.as_ref().filter(|v| !v.is_none()),
-            tool_call_id: message.tool_call_id.as_deref(),
-            reasoning_content: message.reasoning_content.as_deref(),
-        })
+        if special.is_empty() {
+            return detokenizer;
+        }
+        let kept: Vec<(u32, Box<str>)> = special
+            .iter()
+            .filter_map(|s| self.tokenizer.token_to_id(s).map(|id| (id, Box::from(*s))))
+            .collect();
+        detokenizer.keeping(kept.into())
     }
 }
 
@@ -278,9 +182,7 @@ mod tests {
             r#"{"messages":[{"role":"system","content":"Be brief."},
                 {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"text","text":"there"}]}]}"#,
         );
-        let prompt = p
-            .render_chat(req.messages.as_deref().unwrap_or_default(), None, None)
-            .expect("renders");
+        let prompt = p.render_chat(&req.chat_input()).expect("renders");
         assert_eq!(
             prompt,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"
@@ -296,20 +198,17 @@ mod tests {
     fn bad_messages_are_400s() {
         let p = tiny();
         let req = messages(r#"{"messages":[{"content":"hi"}]}"#);
-        let err = p
-            .render_chat(req.messages.as_deref().unwrap_or_default(), None, None)
-            .expect_err("no role");
+        let err = p.render_chat(&req.chat_input()).expect_err("no role");
         assert!(
             matches!(err, Error::InvalidRequest { param: Some(ref f), .. } if f == "messages[0].role")
         );
         let req = messages(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#);
-        let err = p
-            .render_chat(req.messages.as_deref().unwrap_or_default(), None, None)
-            .expect_err("image");
+        let err = p.render_chat(&req.chat_input()).expect_err("image");
         assert!(
             matches!(err, Error::InvalidRequest { param: Some(ref f), .. } if f == "messages[0].content[0].type")
         );
-        let err = p.render_chat(&[], None, None).expect_err("empty");
+        let req = messages(r#"{"messages":[]}"#);
+        let err = p.render_chat(&req.chat_input()).expect_err("empty");
         assert!(matches!(err, Error::InvalidRequest { param: Some(ref f), .. } if f == "messages"));
     }
 
@@ -326,23 +225,11 @@ mod tests {
                 "tools":[{"type":"function","function":{"name":"f"}}],
                 "chat_template_kwargs":{"enable_thinking":false,"messages":[]}}"#,
         );
-        let out = p
-            .render_chat(
-                req.messages.as_deref().unwrap_or_default(),
-                req.tools.as_ref(),
-                req.chat_template_kwargs.as_ref(),
-            )
-            .expect("renders");
+        let out = p.render_chat(&req.chat_input()).expect("renders");
         assert_eq!(out, r#"1|False|[{"type": "function", "function": {"name": "f"}}]"#);
         let bad =
             messages(r#"{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]}"#);
-        let err = p
-            .render_chat(
-                bad.messages.as_deref().unwrap_or_default(),
-                None,
-                bad.chat_template_kwargs.as_ref(),
-            )
-            .expect_err("not an object");
+        let err = p.render_chat(&bad.chat_input()).expect_err("not an object");
         assert!(
             matches!(err, Error::InvalidRequest { param: Some(ref f), .. } if f == "chat_template_kwargs")
         );

@@ -42,6 +42,8 @@ pub(crate) struct Dispatched {
     pub first: GenerateChunk,
     pub stream: ChunkStream,
     pub in_flight: InFlightGuard,
+    /// The instance serving it.
+    pub instance_id: String,
 }
 
 /// Where and how to send one request.
@@ -144,7 +146,7 @@ impl Dispatch<'_> {
             return Ok(None);
         }
         instance.requests.increment(1);
-        Ok(Some(Dispatched { first, stream, in_flight }))
+        Ok(Some(Dispatched { first, stream, in_flight, instance_id: record.instance_id.clone() }))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Responses out: server-sent events for streams (each chunk serialized straight into the
-//! frame, one frame per worker chunk), and whole JSON bodies otherwise.
+//! frame, one frame per worker chunk), and whole JSON bodies otherwise. Chat text goes through
+//! the model's output parsers first.
 
 use std::convert::Infallible;
 
@@ -8,39 +9,59 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
+use switchyard_proto::TokenLogprob;
 
+use crate::chat_output::{ChatOutput, call_out};
 use crate::error::Error;
 use crate::generation::{Finish, Generation, Step};
 use crate::logprobs::LogprobsOut;
 use crate::openai::response::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
-    Completion, CompletionChoice, ResponseMeta, Usage,
+    Completion, CompletionChoice, Nvext, ResponseMeta, Usage,
 };
+use crate::parsers::ParsedDelta;
 
 /// Which response shapes to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ApiKind {
     Chat,
     Completion,
+    /// `/v1/responses`: chat underneath, its own shapes (see `handlers::responses`).
+    Responses,
+}
+
+/// How one response is shaped: its ids, its kind, what the client opted into, and (chat) the
+/// parsers its text goes through.
+pub(crate) struct Shaping {
+    pub meta: ResponseMeta,
+    pub kind: ApiKind,
+    pub include_usage: bool,
+    /// Add the timing extension to the final chunk or body.
+    pub nvext: bool,
+    pub output: ChatOutput,
+    /// Renders log probabilities, when the request asked for them.
+    pub logprobs: Option<LogprobsOut>,
+}
+
+impl Shaping {
+    /// The `logprobs` object for `tokens`, when asked for and there are any.
+    fn render_logprobs(&mut self, tokens: &mut Vec<TokenLogprob>) -> Option<serde_json::Value> {
+        let out = self.logprobs.as_mut()?;
+        if tokens.is_empty() {
+            return None;
+        }
+        Some(out.render(&std::mem::take(tokens)))
+    }
 }
 
 /// A streaming response; `first` is the step already taken (so that a failure before any
 /// output could still be answered with a plain error status).
-pub(crate) fn sse_response(
-    generation: Generation,
-    first: Step,
-    meta: ResponseMeta,
-    kind: ApiKind,
-    include_usage: bool,
-    logprobs: Option<LogprobsOut>,
-) -> Response {
+pub(crate) fn sse_response(generation: Generation, first: Step, shaping: Shaping) -> Response {
     let events = SseEvents {
         generation,
         first: Some(first),
-        meta,
-        kind,
-        include_usage,
-        logprobs,
+        shaping,
+        pending_logprobs: Vec::new(),
         role_sent: false,
         done: false,
     };
@@ -48,7 +69,12 @@ pub(crate) fn sse_response(
         let frame = events.next_frame().await?;
         Some((Ok::<_, Infallible>(frame), events))
     });
-    let mut response = Response::new(Body::from_stream(body));
+    event_stream_response(Body::from_stream(body))
+}
+
+/// A `text/event-stream` response around `body`.
+pub(crate) fn event_stream_response(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -58,11 +84,9 @@ pub(crate) fn sse_response(
 struct SseEvents {
     generation: Generation,
     first: Option<Step>,
-    meta: ResponseMeta,
-    kind: ApiKind,
-    include_usage: bool,
-    /// Renders log probabilities, when the request asked for them.
-    logprobs: Option<LogprobsOut>,
+    shaping: Shaping,
+    /// Log probabilities of tokens whose text has not gone out yet.
+    pending_logprobs: Vec<TokenLogprob>,
     /// Whether the chat `role` went out yet (it rides on the first delta).
     role_sent: bool,
     done: bool,
@@ -71,53 +95,108 @@ struct SseEvents {
 impl SseEvents {
     /// The next frame: one or more events, or `None` once `[DONE]` went out.
     async fn next_frame(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        let step = match self.first.take() {
-            Some(step) => step,
-            None => self.generation.next_step().await?,
-        };
         let mut frame = Vec::with_capacity(256);
-        let logprobs = match &mut self.logprobs {
-            Some(out) => Some(out.render(&self.generation.take_logprobs())),
-            None => None,
-        };
-        match step {
-            Step::Text => {
-                let text = self.generation.text();
-                write_text(&mut frame, &self.meta, self.kind, text, !self.role_sent, logprobs);
-                self.role_sent = true;
+        while frame.is_empty() {
+            if self.done {
+                return None;
             }
-            Step::Finished(finish) => {
-                if self.kind == ApiKind::Chat && !self.role_sent {
-                    write_text(&mut frame, &self.meta, self.kind, "", true, None);
+            let step = match self.first.take() {
+                Some(step) => step,
+                None => self.generation.next_step().await?,
+            };
+            self.pending_logprobs.extend(self.generation.take_logprobs());
+            match step {
+                Step::Text => {
+                    let text = self.generation.text();
+                    match self.shaping.kind {
+                        ApiKind::Chat | ApiKind::Responses => {
+                            self.shaping.output.push(text);
+                            self.write_chat_delta(&mut frame);
+                        }
+                        ApiKind::Completion => {
+                            let logprobs = self.shaping.render_logprobs(&mut self.pending_logprobs);
+                            write_completion_text(&mut frame, &self.shaping.meta, text, logprobs);
+                        }
+                    }
                 }
-                let logprobs = logprobs.filter(|l| !is_empty_logprobs(l));
-                write_finish(
-                    &mut frame,
-                    &self.meta,
-                    self.kind,
-                    &finish,
-                    self.include_usage,
-                    logprobs,
-                );
-                frame.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
-            }
-            Step::Failed(error) => {
-                frame.extend_from_slice(b"data: ");
-                error.write_json(&mut frame);
-                frame.extend_from_slice(b"\n\ndata: [DONE]\n\n");
-                self.done = true;
+                Step::Finished(finish) => {
+                    if self.shaping.kind != ApiKind::Completion {
+                        self.shaping.output.finish();
+                        self.write_chat_delta(&mut frame);
+                        if !self.role_sent {
+                            self.write_chat_delta_forced(&mut frame);
+                        }
+                    }
+                    let nvext = self.shaping.nvext.then(|| self.generation.nvext(&finish.usage));
+                    let logprobs = self.shaping.render_logprobs(&mut self.pending_logprobs);
+                    write_finish(&mut frame, &self.shaping, &finish, nvext.as_ref(), logprobs);
+                    frame.extend_from_slice(b"data: [DONE]\n\n");
+                    self.done = true;
+                }
+                Step::Failed(error) => {
+                    frame.extend_from_slice(b"data: ");
+                    error.write_json(&mut frame);
+                    frame.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                    self.done = true;
+                }
             }
         }
         Some(Bytes::from(frame))
     }
+
+    /// The parsed delta of the last text, if it holds anything.
+    fn write_chat_delta(&mut self, frame: &mut Vec<u8>) {
+        let with_role = !self.role_sent;
+        let meta = &self.shaping.meta;
+        let (delta, calls) = self.shaping.output.take_call_deltas();
+        if delta.is_empty() {
+            return;
+        }
+        let logprobs = match &mut self.shaping.logprobs {
+            Some(out) if !self.pending_logprobs.is_empty() => {
+                Some(out.render(&std::mem::take(&mut self.pending_logprobs)))
+            }
+            _ => None,
+        };
+        let choices = [ChatChunkChoice {
+            index: 0,
+            delta: chat_delta(delta, &calls, with_role),
+            logprobs,
+            finish_reason: None,
+        }];
+        write_event(frame, &chat_chunk(meta, &choices, None, None));
+        self.role_sent = true;
+    }
+
+    /// The role alone, for a response that produced no text at all.
+    fn write_chat_delta_forced(&mut self, frame: &mut Vec<u8>) {
+        let choices = [ChatChunkChoice {
+            index: 0,
+            delta: ChatDelta { role: Some("assistant"), content: Some(""), ..ChatDelta::default() },
+            logprobs: None,
+            finish_reason: None,
+        }];
+        write_event(frame, &chat_chunk(&self.shaping.meta, &choices, None, None));
+        self.role_sent = true;
+    }
+}
+
+fn chat_delta<'a>(
+    delta: &'a ParsedDelta,
+    calls: &'a [crate::openai::response::ToolCallOut<'a>],
+    with_role: bool,
+) -> ChatDelta<'a> {
+    let some = |s: &'a str| (!s.is_empty()).then_some(s);
+    ChatDelta {
+        role: with_role.then_some("assistant"),
+        content: some(&delta.content),
+        reasoning_content: some(&delta.reasoning),
+        tool_calls: calls,
+    }
 }
 
 /// Appends `data: <json>\n\n`.
-fn write_event<T: Serialize>(frame: &mut Vec<u8>, value: &T) {
+pub(crate) fn write_event<T: Serialize>(frame: &mut Vec<u8>, value: &T) {
     frame.extend_from_slice(b"data: ");
     if let Err(e) = serde_json::to_writer(&mut *frame, value) {
         // Unreachable with these types (string keys only); say so in the stream if it happens.
@@ -126,56 +205,39 @@ fn write_event<T: Serialize>(frame: &mut Vec<u8>, value: &T) {
     frame.extend_from_slice(b"\n\n");
 }
 
-/// Whether a rendered `logprobs` object holds no token.
-fn is_empty_logprobs(value: &serde_json::Value) -> bool {
-    let list = value.get("content").or_else(|| value.get("tokens"));
-    list.and_then(serde_json::Value::as_array).is_none_or(Vec::is_empty)
-}
-
-fn write_text(
+fn write_completion_text(
     frame: &mut Vec<u8>,
     meta: &ResponseMeta,
-    kind: ApiKind,
     text: &str,
-    with_role: bool,
     logprobs: Option<serde_json::Value>,
 ) {
-    match kind {
-        ApiKind::Chat => {
-            let choices = [ChatChunkChoice {
-                index: 0,
-                delta: ChatDelta { role: with_role.then_some("assistant"), content: Some(text) },
-                logprobs,
-                finish_reason: None,
-            }];
-            write_event(frame, &chat_chunk(meta, &choices, None));
-        }
-        ApiKind::Completion => {
-            let choices = [CompletionChoice { index: 0, text, logprobs, finish_reason: None }];
-            write_event(frame, &completion(meta, &choices, None));
-        }
-    }
+    let choices = [CompletionChoice { index: 0, text, logprobs, finish_reason: None }];
+    write_event(frame, &completion(meta, &choices, None, None));
 }
 
 fn write_finish(
     frame: &mut Vec<u8>,
-    meta: &ResponseMeta,
-    kind: ApiKind,
+    shaping: &Shaping,
     finish: &Finish,
-    include_usage: bool,
+    nvext: Option<&Nvext>,
     logprobs: Option<serde_json::Value>,
 ) {
-    match kind {
-        ApiKind::Chat => {
+    let meta = &shaping.meta;
+    let usage = shaping.include_usage.then_some(finish.usage);
+    match shaping.kind {
+        ApiKind::Chat | ApiKind::Responses => {
             let choices = [ChatChunkChoice {
                 index: 0,
-                delta: ChatDelta { role: None, content: None },
-                logprobs,
-                finish_reason: Some(finish.reason),
+                delta: ChatDelta::default(),
+                logprobs: logprobs.clone(),
+                finish_reason: Some(shaping.output.finish_reason(finish.reason)),
             }];
-            write_event(frame, &chat_chunk(meta, &choices, None));
-            if include_usage {
-                write_event(frame, &chat_chunk(meta, &[], Some(finish.usage)));
+            write_event(
+                frame,
+                &chat_chunk(meta, &choices, None, nvext.filter(|_| usage.is_none())),
+            );
+            if usage.is_some() {
+                write_event(frame, &chat_chunk(meta, &[], usage, nvext));
             }
         }
         ApiKind::Completion => {
@@ -185,9 +247,12 @@ fn write_finish(
                 logprobs,
                 finish_reason: Some(finish.reason),
             }];
-            write_event(frame, &completion(meta, &choices, None));
-            if include_usage {
-                write_event(frame, &completion(meta, &[], Some(finish.usage)));
+            write_event(
+                frame,
+                &completion(meta, &choices, None, nvext.filter(|_| usage.is_none())),
+            );
+            if usage.is_some() {
+                write_event(frame, &completion(meta, &[], usage, nvext));
             }
         }
     }
@@ -197,6 +262,7 @@ fn chat_chunk<'a>(
     meta: &'a ResponseMeta,
     choices: &'a [ChatChunkChoice<'a>],
     usage: Option<Usage>,
+    nvext: Option<&'a Nvext>,
 ) -> ChatCompletionChunk<'a> {
     ChatCompletionChunk {
         id: &meta.id,
@@ -205,6 +271,7 @@ fn chat_chunk<'a>(
         model: &meta.model,
         choices,
         usage,
+        nvext,
     }
 }
 
@@ -212,6 +279,7 @@ fn completion<'a>(
     meta: &'a ResponseMeta,
     choices: &'a [CompletionChoice<'a>],
     usage: Option<Usage>,
+    nvext: Option<&'a Nvext>,
 ) -> Completion<'a> {
     Completion {
         id: &meta.id,
@@ -220,53 +288,98 @@ fn completion<'a>(
         model: &meta.model,
         choices,
         usage,
+        nvext,
+    }
+}
+
+/// A whole response: every part of the output, collected.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub reasoning: String,
+    pub content: String,
+    pub tool_calls: Vec<crate::parsers::ToolCall>,
+    /// Log probabilities of every token, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Collected {
+    fn add(&mut self, delta: &ParsedDelta) {
+        self.reasoning.push_str(&delta.reasoning);
+        self.content.push_str(&delta.content);
+        self.tool_calls.extend(delta.tool_calls.iter().cloned());
+    }
+}
+
+/// Runs `generation` to its end through `output`: the collected parts and the finish, or the
+/// error to answer with.
+pub(crate) async fn collect(
+    generation: &mut Generation,
+    output: &mut ChatOutput,
+) -> Result<(Collected, Finish), Error> {
+    let mut collected = Collected::default();
+    loop {
+        let step = generation.next_step().await;
+        collected.logprobs.extend(generation.take_logprobs());
+        match step {
+            Some(Step::Text) => collected.add(output.push(generation.text())),
+            Some(Step::Finished(finish)) => {
+                collected.add(output.finish());
+                return Ok((collected, finish));
+            }
+            Some(Step::Failed(error)) => return Err(error),
+            None => return Err(Error::Internal("response ended without a finish".into())),
+        }
     }
 }
 
 /// A non-streaming response: every step collected into one body.
-pub(crate) async fn collect_response(
-    mut generation: Generation,
-    meta: ResponseMeta,
-    kind: ApiKind,
-    mut logprobs_out: Option<LogprobsOut>,
-) -> Response {
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    let finish = loop {
-        let step = generation.next_step().await;
-        tokens.extend(generation.take_logprobs());
-        match step {
-            Some(Step::Text) => text.push_str(generation.text()),
-            Some(Step::Finished(finish)) => break finish,
-            Some(Step::Failed(error)) => return error.into_response(),
-            None => {
-                return Error::Internal("response ended without a finish".into()).into_response();
-            }
-        }
+pub(crate) async fn collect_response(mut generation: Generation, mut shaping: Shaping) -> Response {
+    let (collected, finish) = match collect(&mut generation, &mut shaping.output).await {
+        Ok(done) => done,
+        Err(error) => return error.into_response(),
     };
-    let logprobs = logprobs_out.as_mut().map(|out| out.render(&tokens));
-    let body = match kind {
-        ApiKind::Chat => serde_json::to_vec(&ChatCompletion {
-            id: &meta.id,
-            object: "chat.completion",
-            created: meta.created,
-            model: &meta.model,
-            choices: [ChatChoice {
-                index: 0,
-                message: AssistantMessage { role: "assistant", content: &text },
-                logprobs,
-                finish_reason: finish.reason,
-            }],
-            usage: finish.usage,
-        }),
+    let nvext = shaping.nvext.then(|| generation.nvext(&finish.usage));
+    let mut tokens = collected.logprobs.clone();
+    let logprobs = shaping.render_logprobs(&mut tokens);
+    let meta = &shaping.meta;
+    let body = match shaping.kind {
+        ApiKind::Chat | ApiKind::Responses => {
+            let calls: Vec<_> = collected.tool_calls.iter().map(|c| call_out(c, None)).collect();
+            // Blank text beside tool calls is only the model's spacing.
+            let content = if calls.is_empty() || !collected.content.trim().is_empty() {
+                Some(collected.content.as_str())
+            } else {
+                None
+            };
+            serde_json::to_vec(&ChatCompletion {
+                id: &meta.id,
+                object: "chat.completion",
+                created: meta.created,
+                model: &meta.model,
+                choices: [ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content,
+                        reasoning_content: (!collected.reasoning.is_empty())
+                            .then_some(collected.reasoning.as_str()),
+                        tool_calls: &calls,
+                    },
+                    logprobs,
+                    finish_reason: shaping.output.finish_reason(finish.reason),
+                }],
+                usage: finish.usage,
+                nvext: nvext.as_ref(),
+            })
+        }
         ApiKind::Completion => {
             let choices = [CompletionChoice {
                 index: 0,
-                text: &text,
+                text: &collected.content,
                 logprobs,
                 finish_reason: Some(finish.reason),
             }];
-            serde_json::to_vec(&completion(&meta, &choices, Some(finish.usage)))
+            serde_json::to_vec(&completion(meta, &choices, Some(finish.usage), nvext.as_ref()))
         }
     };
     match body {

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_proto::InstanceRecord;
@@ -76,10 +77,18 @@ impl Discovery {
         let (lease_tx, lease_rx) = watch::channel(lease);
         let cancel = shutdown.child_token();
         let tasks = TaskTracker::new();
-        let keeper = KeepAlive { store: self.store.clone(), key, value, ttl, lease: lease_tx };
+        let health = Arc::new(LeaseHealth::new(ttl));
+        let keeper = KeepAlive {
+            store: self.store.clone(),
+            key,
+            value,
+            ttl,
+            lease: lease_tx,
+            health: health.clone(),
+        };
         tasks.spawn(keeper.run(cancel.clone()));
         tasks.close();
-        Ok(Registration { store: self.store.clone(), lease: lease_rx, cancel, tasks })
+        Ok(Registration { store: self.store.clone(), lease: lease_rx, health, cancel, tasks })
     }
 
     /// Starts following the live instances of this namespace. The first snapshot is loaded
@@ -114,6 +123,8 @@ async fn publish(store: &dyn KvStore, key: &str, value: &[u8], ttl: Duration) ->
 pub struct Registration {
     store: Arc<dyn KvStore>,
     lease: watch::Receiver<LeaseId>,
+    /// When the store last confirmed the lease.
+    health: Arc<LeaseHealth>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -125,6 +136,11 @@ impl std::fmt::Debug for dyn KvStore {
 }
 
 impl Registration {
+    /// Whether the record is known to be in the store, for health checks.
+    pub fn lease_health(&self) -> Arc<LeaseHealth> {
+        self.health.clone()
+    }
+
     /// Stops the keep-alive and revokes the lease, so routers drop the instance now rather
     /// than when the lease would expire.
     pub async fn deregister(self) -> Result<()> {
@@ -141,12 +157,40 @@ impl Drop for Registration {
     }
 }
 
+/// Whether a registration's lease is held: the store confirmed it (granted it, or kept it
+/// alive) less than a TTL ago. Past that, routers may have dropped the record, as they do
+/// when the worker is cut off from the store.
+#[derive(Debug)]
+pub struct LeaseHealth {
+    epoch: Instant,
+    ttl: Duration,
+    /// Milliseconds from `epoch` to the last confirmation.
+    confirmed_ms: AtomicU64,
+}
+
+impl LeaseHealth {
+    fn new(ttl: Duration) -> LeaseHealth {
+        LeaseHealth { epoch: Instant::now(), ttl, confirmed_ms: AtomicU64::new(0) }
+    }
+
+    fn confirm(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.confirmed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn held(&self) -> bool {
+        let confirmed = Duration::from_millis(self.confirmed_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(confirmed) < self.ttl
+    }
+}
+
 struct KeepAlive {
     store: Arc<dyn KvStore>,
     key: String,
     value: Vec<u8>,
     ttl: Duration,
     lease: watch::Sender<LeaseId>,
+    health: Arc<LeaseHealth>,
 }
 
 impl KeepAlive {
@@ -160,18 +204,30 @@ impl KeepAlive {
                 _ = tick.tick() => {}
             }
             let lease = *self.lease.borrow();
-            match with_timeout("lease keep-alive", self.store.keep_alive(lease)).await {
-                Ok(()) => {}
-                Err(Error::LeaseExpired(_)) => {
-                    warn!(key = %self.key, "lease lost; registering again");
-                    match publish(self.store.as_ref(), &self.key, &self.value, self.ttl).await {
-                        Ok(new) => {
-                            self.lease.send_replace(new);
+            let confirmed =
+                match with_timeout("lease keep-alive", self.store.keep_alive(lease)).await {
+                    Ok(()) => true,
+                    Err(Error::LeaseExpired(_)) => {
+                        warn!(key = %self.key, "lease lost; registering again");
+                        match publish(self.store.as_ref(), &self.key, &self.value, self.ttl).await {
+                            Ok(new) => {
+                                self.lease.send_replace(new);
+                                info!(key = %self.key, "registered again");
+                                true
+                            }
+                            Err(e) => {
+                                warn!(key = %self.key, error = %e, "re-registration failed");
+                                false
+                            }
                         }
-                        Err(e) => warn!(key = %self.key, error = %e, "re-registration failed"),
                     }
-                }
-                Err(e) => warn!(key = %self.key, error = %e, "keep-alive failed; retrying"),
+                    Err(e) => {
+                        warn!(key = %self.key, error = %e, "keep-alive failed; retrying");
+                        false
+                    }
+                };
+            if confirmed {
+                self.health.confirm();
             }
         }
     }

@@ -8,7 +8,7 @@ pub mod events;
 pub mod plane;
 pub mod store;
 
-pub use discovery::{Discovery, InstanceWatch, Instances, Registration};
+pub use discovery::{Discovery, InstanceWatch, Instances, LeaseHealth, Registration};
 pub use error::{Error, Result};
 pub use plane::{ChunkStream, GenerateHandler, RequestClient};
 pub use store::{KvStore, LeaseId, WatchEvent, WatchStream};

@@ -2,7 +2,9 @@
 //! `SWITCHYARD_…` environment variable (names in [`crate::env_names`]).
 
 pub mod bench;
+pub mod deploy;
 pub mod frontend;
+pub mod health;
 pub mod launch;
 pub mod logging;
 pub mod plane;
@@ -36,6 +38,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Benchmark a server or local topologies (sglang.bench_serving's flags and JSONL).
     Bench(Box<bench::BenchArgs>),
+    /// Print the Docker Compose file or Kubernetes manifests of a topology.
+    Deploy(deploy::DeployArgs),
+    /// Probe a server on this host: exit 0 when healthy (container health checks).
+    Health(health::HealthArgs),
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -44,5 +50,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(args, shutdown::on_signal()).await,
         Command::Up(args) => up::run(args, shutdown::on_signal()).await,
         Command::Bench(args) => bench::run(*args, shutdown::on_signal()).await,
+        Command::Health(args) => health::run(args).await,
+        Command::Deploy(args) => deploy::run(&args),
     }
 }

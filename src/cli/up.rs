@@ -277,6 +277,12 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
         flag("model-name", name.clone());
     }
     flag("drain-timeout-secs", serve.drain_timeout_secs.to_string());
+    if let Some(parser) = serve.reasoning_parser {
+        flag("reasoning-parser", parser.name().to_owned());
+    }
+    if let Some(parser) = serve.tool_call_parser {
+        flag("tool-call-parser", parser.name().to_owned());
+    }
     flag("block-size", m.block_size.to_string());
     flag("num-gpu-blocks", m.num_gpu_blocks.to_string());
     flag("max-num-seqs", m.max_num_seqs.to_string());
@@ -285,6 +291,12 @@ fn worker_args(store: &StoreArgs, serve: &ServeArgs) -> Vec<OsString> {
     flag("prefix-caching", m.prefix_caching.to_string());
     flag("eos-probability", m.eos_probability.to_string());
     flag("context-length", m.context_length.to_string());
+    if let Some(path) = &m.replay_output {
+        args.extend([
+            "--replay-output".into(),
+            std::path::absolute(path).unwrap_or_else(|_| path.clone()).into(),
+        ]);
+    }
     args
 }
 

@@ -14,7 +14,7 @@ use switchyard_worker::gpu::GpuInventory;
 use switchyard_worker::mocker::{MockerConfig, MockerEngine};
 use switchyard_worker::openai::{Flavour, OpenAiConfig, OpenAiEngine};
 use switchyard_worker::service::new_instance_id;
-use switchyard_worker::{Engine, PlaneListener, WorkerConfig};
+use switchyard_worker::{Engine, PlaneListener, WorkerConfig, WorkerStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use super::launch;
 use super::plane::{PlaneArgs, PlaneKind};
 use super::store::StoreArgs;
 use crate::env_names as env;
+use switchyard_frontend::{ReasoningParserKind, ToolParserKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
@@ -122,6 +123,16 @@ pub struct ServeArgs {
     #[arg(long, env = env::DRAIN_TIMEOUT_SECS, default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
+    /// How the model marks its reasoning, split into `reasoning_content` by frontends:
+    /// qwen3, deepseek-r1, gpt-oss.
+    #[arg(long, env = env::REASONING_PARSER)]
+    pub reasoning_parser: Option<ReasoningParserKind>,
+
+    /// How the model writes tool calls, returned as `tool_calls` by frontends: hermes,
+    /// llama3_json, mistral, pythonic, gpt-oss.
+    #[arg(long, env = env::TOOL_CALL_PARSER)]
+    pub tool_call_parser: Option<ToolParserKind>,
+
     #[command(flatten)]
     pub mocker: MockerArgs,
 }
@@ -160,6 +171,11 @@ pub struct MockerArgs {
     /// Longest prompt + output the simulated engine accepts, in tokens.
     #[arg(long = "context-length", env = env::MOCKER_CONTEXT_LENGTH, default_value_t = 32768)]
     pub context_length: u32,
+
+    /// A JSON list of recorded output texts to replay instead of random tokens: a request
+    /// gets entry `seed mod N` (entry 0 without a seed), tokenized, then EOS.
+    #[arg(long = "replay-output", env = env::MOCKER_REPLAY_OUTPUT)]
+    pub replay_output: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -187,6 +203,11 @@ pub struct WorkerArgs {
     /// (e.g. 0.0.0.0 in a container: give its service name).
     #[arg(long, env = env::ADVERTISE_HOST)]
     pub advertise_host: Option<String>,
+
+    /// Port of the worker's status server on --host: `/live`, `/health` (200 while registered
+    /// and serving) and `/metrics` (Prometheus); 0 turns it off.
+    #[arg(long, env = env::METRICS_PORT, default_value_t = 0)]
+    pub metrics_port: u16,
 
     /// Instance id [default: generated].
     #[arg(long, env = env::INSTANCE_ID)]
@@ -234,14 +255,54 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     let instance_id = args.instance_id.clone().unwrap_or_else(new_instance_id);
     let listener =
         bind(&args.plane, &args.host, args.port, discovery.namespace(), &instance_id).await?;
+    let status = match args.metrics_port {
+        0 => None,
+        port => Some(StatusServer::start(&args.host, port).await?),
+    };
     let config = WorkerConfig {
         instance_id: Some(instance_id),
         advertise_host: args.advertise_host.clone(),
         lease_ttl: args.store.lease_ttl()?,
+        status: status.as_ref().map(|s| s.status.clone()),
         gpus: inventory.gpus,
         ..WorkerConfig::default()
     };
-    serve(listener, &args.serve, Some(&args.engine_server), config, discovery, shutdown).await
+    let served =
+        serve(listener, &args.serve, Some(&args.engine_server), config, discovery, shutdown).await;
+    if let Some(status) = status {
+        status.stop().await;
+    }
+    served
+}
+
+/// The status port's server task, kept up until the worker has drained (its `/health`
+/// says so meanwhile).
+struct StatusServer {
+    status: Arc<WorkerStatus>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl StatusServer {
+    async fn start(host: &str, port: u16) -> anyhow::Result<StatusServer> {
+        let listener = TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("binding the status port to {host}:{port}"))?;
+        let (status, stop) = (WorkerStatus::new(), CancellationToken::new());
+        let task =
+            tokio::spawn(switchyard_worker::serve_status(listener, status.clone(), stop.clone()));
+        Ok(StatusServer { status, stop, task })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "status server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "status server task failed"),
+            Err(_) => tracing::warn!("status server did not stop within 5 s"),
+        }
+    }
 }
 
 /// Binds where the worker takes requests: a TCP port, or its NATS subject.
@@ -281,6 +342,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    config.reasoning_parser = args.reasoning_parser.map(|p| p.name().to_owned());
+    config.tool_call_parser = args.tool_call_parser.map(|p| p.name().to_owned());
     let engine_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let default_server = EngineServerArgs::default();
@@ -311,6 +374,7 @@ async fn start_engine(
     let files = tokio::task::spawn_blocking(move || ModelFiles::resolve(&source))
         .await?
         .with_context(|| format!("loading model {}", args.model_path))?;
+    switchyard_frontend::check_chat_template(&files)?;
     let name = args.served_name();
     // Frontends in other processes resolve the tokenizer from this; a relative directory
     // would mean something else in their working directory.
@@ -350,6 +414,7 @@ async fn start_engine(
         context_length: m.context_length,
         vocab_size: files.config.vocab_size.unwrap_or(32000),
         eos_token_ids: files.config.eos_token_ids.clone(),
+        replay: replay_outputs(m.replay_output.as_deref(), &files)?,
         ..MockerConfig::default()
     };
     let card = ModelCard {
@@ -359,6 +424,7 @@ async fn start_engine(
         kv_block_size: m.block_size,
         kv_total_blocks: m.num_gpu_blocks,
         engine: "mocker".to_owned(),
+        ..ModelCard::default()
     };
     let engine =
         MockerEngine::start(config, card, engine_stop).context("starting the mocker engine")?;
@@ -420,4 +486,27 @@ async fn start_engine_server(
         () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for the engine"),
     };
     Ok(Arc::new(engine))
+}
+
+/// The token ids of each recorded output in `path` (a JSON list of strings).
+fn replay_outputs(
+    path: Option<&std::path::Path>,
+    files: &ModelFiles,
+) -> anyhow::Result<Vec<Arc<[u32]>>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let texts: Vec<String> = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{}: expected a JSON list of strings", path.display()))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&files.tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("loading the tokenizer: {e}"))?;
+    texts
+        .iter()
+        .map(|text| {
+            let encoding = tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing a replayed output: {e}"))?;
+            Ok(Arc::from(encoding.get_ids()))
+        })
+        .collect()
 }

@@ -33,7 +33,10 @@ pub trait Engine: Send + Sync + 'static {
     fn card(&self) -> &ModelCard;
 
     /// Admits `request`. The stream ends after a chunk with a finish reason. Cancelling
-    /// `cancel` or dropping the stream stops the request and frees what it held.
+    /// `cancel` or dropping the stream stops the request and frees what it held. An engine
+    /// whose card says `embeddings` answers a request with `embed` set by one final chunk
+    /// carrying the prompt's `embedding` (the worker refuses `embed` for the others).
+    ///
     ///
     /// Prefill/decode split (`request.disaggregated`): a `prefill_only` request computes the
     /// prompt, sends its first token and ends with a chunk carrying a [`KvHandle`] (finish

@@ -5,10 +5,13 @@ pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod gpu;
+pub mod metrics;
 pub mod mocker;
 pub mod openai;
 pub mod service;
+pub mod status;
 
 pub use engine::{Engine, EngineStream, KvBytesStream, KvExport, KvTransferEngine};
 pub use error::{Error, Result};
 pub use service::{PlaneListener, WorkerConfig, serve};
+pub use status::{WorkerStatus, serve_status};

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::{Engine, Error, Result};
+use crate::{Engine, Error, Result, WorkerStatus};
 
 /// How a worker presents itself and how long it waits on the way out.
 #[derive(Debug, Clone)]
@@ -41,6 +41,12 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// GPUs this worker sees, published in its record.
     pub gpus: Vec<GpuInfo>,
+    /// Told when the worker serves and when it drains, for its status port.
+    pub status: Option<Arc<WorkerStatus>>,
+    /// Output parsers the frontend applies to this model's text, published in the card
+    /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
+    pub reasoning_parser: Option<String>,
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +58,9 @@ impl Default for WorkerConfig {
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
             gpus: Vec::new(),
+            status: None,
+            reasoning_parser: None,
+            tool_call_parser: None,
         }
     }
 }
@@ -130,12 +139,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let instance_id = config.instance_id.clone().unwrap_or_else(new_instance_id);
+    let mut card = engine.card().clone();
+    if let Some(parser) = &config.reasoning_parser {
+        card.reasoning_parser.clone_from(parser);
+    }
+    if let Some(parser) = &config.tool_call_parser {
+        card.tool_call_parser.clone_from(parser);
+    }
     let record = InstanceRecord {
         instance_id: instance_id.clone(),
         namespace: discovery.namespace().to_owned(),
         role: config.role.into(),
         address: listener.address(config.advertise_host.as_deref())?,
-        card: Some(engine.card().clone()),
+        card: Some(card),
         transport: listener.transport().to_owned(),
         gpus: config.gpus.clone(),
         ..InstanceRecord::default()
@@ -175,6 +191,10 @@ pub async fn serve(
         model = %record.card.as_ref().map(|c| c.model.as_str()).unwrap_or_default(),
         "worker serving"
     );
+    if let Some(status) = &config.status {
+        let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
+        status.serving(&record.instance_id, registration.lease_health(), engine, in_flight);
+    }
 
     let mut registration = Some(registration);
     let mut up = handler.engine.up();
@@ -189,6 +209,9 @@ pub async fn serve(
         }
     }
     info!(instance = %record.instance_id, "shutting down: deregistering, then draining");
+    if let Some(status) = &config.status {
+        status.draining();
+    }
     if let Some(registration) = registration
         && let Err(e) = registration.deregister().await
     {
@@ -306,6 +329,11 @@ impl GenerateHandler for WorkerHandler {
     async fn generate(&self, request: GenerateRequest) -> ChunkStream {
         if self.draining.is_cancelled() {
             return error_stream(&Error::ShuttingDown);
+        }
+        if request.embed && !self.engine.card().embeddings {
+            return error_stream(&Error::InvalidRequest(
+                "this worker's engine does not serve embeddings".to_owned(),
+            ));
         }
         let in_flight = self.in_flight.token();
         let cancel = self.cancel_all.child_token();

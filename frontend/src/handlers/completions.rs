@@ -10,12 +10,17 @@ use bytes::Bytes;
 use tokio::time::timeout_at;
 
 use super::{AppState, Prepared, body_bytes, deadline, lookup, reject, respond};
+use crate::chat_output::ChatOutput;
 use crate::error::Error;
 use crate::metrics::{Endpoint, RequestTracker};
 use crate::openai::params::validate;
 use crate::openai::request::{CompletionRequest, Prompt, PromptItem, parse};
 use crate::stream::ApiKind;
 
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses((status = 200, description = "A completion, or its stream of chunks"),
+              (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
+              (status = 404, description = "Unknown model", body = crate::openapi::ErrorResponse)))]
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -54,7 +59,15 @@ async fn prepare(
     if token_ids.is_empty() {
         return Err(Error::invalid("prompt", "the prompt must not be empty"));
     }
-    Ok(Prepared { entry, preprocessor, token_ids, params, prompt_param: "prompt" })
+    Ok(Prepared {
+        entry,
+        preprocessor,
+        token_ids,
+        params,
+        prompt_param: "prompt",
+        output: ChatOutput::default(),
+        nvext: request.nvext.is_some_and(|n| n.timing),
+    })
 }
 
 /// The one prompt of the request; a list of several is refused (one request per prompt).

@@ -3,6 +3,8 @@
 
 pub(crate) mod chat;
 pub(crate) mod completions;
+pub(crate) mod embeddings;
+pub(crate) mod responses;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +18,7 @@ use switchyard_router::{Policy, block_hashes};
 use switchyard_runtime::RequestClient;
 use tokio::time::Instant;
 
+use crate::chat_output::ChatOutput;
 use crate::config::FrontendConfig;
 use crate::error::Error;
 use crate::generation::{Generation, GenerationSetup, Step};
@@ -27,7 +30,7 @@ use crate::openai::params::{RequestParams, resolve_max_tokens};
 use crate::openai::response::ResponseMeta;
 use crate::preprocess::Preprocessor;
 use crate::routing::Dispatch;
-use crate::stream::{ApiKind, collect_response, sse_response};
+use crate::stream::{ApiKind, Shaping, collect_response, sse_response};
 
 /// What every handler shares.
 pub(crate) struct AppState {
@@ -46,6 +49,10 @@ pub(crate) struct Prepared {
     pub params: RequestParams,
     /// The field holding the prompt, for errors about its length.
     pub prompt_param: &'static str,
+    /// How the output text becomes the response's fields (chat: the model's parsers).
+    pub output: ChatOutput,
+    /// The client asked for the timing extension.
+    pub nvext: bool,
 }
 
 /// The body's bytes; a body over the limit is a 413.
@@ -87,6 +94,13 @@ pub(crate) fn deadline(state: &AppState, tracker: &RequestTracker) -> Instant {
     Instant::from_std(tracker.started_at()) + state.config.request_timeout
 }
 
+/// A request a worker accepted: its generation, and how to shape its response.
+pub(crate) struct Launched {
+    pub generation: Generation,
+    pub shaping: Shaping,
+    pub stream: bool,
+}
+
 /// Sends a prepared request to a worker and answers with its response, streamed or whole.
 pub(crate) async fn respond(
     state: &AppState,
@@ -95,7 +109,32 @@ pub(crate) async fn respond(
     deadline: Instant,
     kind: ApiKind,
 ) -> Response {
-    let Prepared { entry, preprocessor, token_ids, params, prompt_param } = prepared;
+    let Launched { mut generation, shaping, stream } =
+        match launch(state, prepared, tracker, deadline, kind).await {
+            Ok(launched) => launched,
+            Err(response) => return response,
+        };
+    if !stream {
+        return collect_response(generation, shaping).await;
+    }
+    // The first step is awaited before answering, so a request that fails before any output
+    // still gets a plain error status rather than a 200 stream holding an error.
+    match generation.next_step().await {
+        Some(Step::Failed(error)) => error.into_response(),
+        Some(first) => sse_response(generation, first, shaping),
+        None => Error::Internal("response ended before it began".into()).into_response(),
+    }
+}
+
+/// Sends a prepared request to a worker; the error response when none takes it.
+pub(crate) async fn launch(
+    state: &AppState,
+    prepared: Prepared,
+    tracker: RequestTracker,
+    deadline: Instant,
+    kind: ApiKind,
+) -> Result<Launched, Response> {
+    let Prepared { entry, preprocessor, token_ids, params, prompt_param, output, nvext } = prepared;
     let prompt_tokens = token_ids.len();
     let max_tokens = match resolve_max_tokens(
         &params,
@@ -105,7 +144,7 @@ pub(crate) async fn respond(
         prompt_param,
     ) {
         Ok(max) => max,
-        Err(e) => return reject(e, tracker),
+        Err(e) => return Err(reject(e, tracker)),
     };
     let meta = ResponseMeta { id: new_id(kind), model: entry.name.clone(), created: unix_now() };
     let request = GenerateRequest {
@@ -133,6 +172,7 @@ pub(crate) async fn respond(
         }),
         disaggregated: None,
         deadline_ms: 0,
+        embed: false,
     };
     let dispatch = Dispatch {
         model: &entry,
@@ -143,36 +183,32 @@ pub(crate) async fn respond(
         deadline,
         timeout: state.config.request_timeout,
     };
+    let dispatched_at = std::time::Instant::now();
     let dispatched = match dispatch.send(request).await {
         Ok(dispatched) => dispatched,
-        Err(e) => return reject(e, tracker),
+        Err(e) => return Err(reject(e, tracker)),
     };
     tracker.prompt_sent(prompt_tokens);
     let setup = GenerationSetup {
-        detokenizer: preprocessor.detokenizer(),
+        detokenizer: preprocessor.detokenizer(entry.parsers.special_tokens()),
         stop: params.stop,
         prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
         deadline,
         timeout: state.config.request_timeout,
+        dispatched_at,
     };
-    let mut generation = Generation::new(dispatched, setup, tracker);
+    let generation = Generation::new(dispatched, setup, tracker);
     let logprobs = params.logprobs.map(|_| LogprobsOut::new(preprocessor.clone(), kind));
-    if !params.stream {
-        return collect_response(generation, meta, kind, logprobs).await;
-    }
-    // The first step is awaited before answering, so a request that fails before any output
-    // still gets a plain error status rather than a 200 stream holding an error.
-    match generation.next_step().await {
-        Some(Step::Failed(error)) => error.into_response(),
-        Some(first) => sse_response(generation, first, meta, kind, params.include_usage, logprobs),
-        None => Error::Internal("response ended before it began".into()).into_response(),
-    }
+    let shaping =
+        Shaping { meta, kind, include_usage: params.include_usage, nvext, output, logprobs };
+    Ok(Launched { generation, shaping, stream: params.stream })
 }
 
 fn new_id(kind: ApiKind) -> String {
     let prefix = match kind {
         ApiKind::Chat => "chatcmpl",
         ApiKind::Completion => "cmpl",
+        ApiKind::Responses => "resp",
     };
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }

@@ -48,6 +48,8 @@ pub(crate) struct ChatCompletion<'a> {
     pub model: &'a str,
     pub choices: [ChatChoice<'a>; 1],
     pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvext: Option<&'a Nvext>,
 }
 
 #[derive(Serialize)]
@@ -61,7 +63,51 @@ pub(crate) struct ChatChoice<'a> {
 #[derive(Serialize)]
 pub(crate) struct AssistantMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub tool_calls: &'a [ToolCallOut<'a>],
+}
+
+/// One tool call, whole (`message.tool_calls[i]`) or as a stream delta (with `index`).
+#[derive(Serialize)]
+pub(crate) struct ToolCallOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut<'a>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct FunctionCallOut<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+/// The opt-in timing extension (`"nvext": {"timing": true}` in the request): where the
+/// request ran and where its time went, for benchmark attribution.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Nvext {
+    /// The instance that served the request.
+    pub worker_id: String,
+    /// Prompt tokens the worker found in its prefix cache.
+    pub cached_tokens: u32,
+    pub timing: NvextTiming,
+}
+
+/// Milliseconds, as the frontend saw them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct NvextTiming {
+    /// From the request's arrival to its dispatch: parsing, templating, tokenizing, routing.
+    pub queue_ms: f64,
+    /// From dispatch to the first token: the engine's own queue and the prefill.
+    pub prefill_ms: f64,
+    /// From the first token to the last.
+    pub decode_ms: f64,
+    pub total_ms: f64,
 }
 
 /// `chat.completion.chunk`.
@@ -74,6 +120,8 @@ pub(crate) struct ChatCompletionChunk<'a> {
     pub choices: &'a [ChatChunkChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvext: Option<&'a Nvext>,
 }
 
 #[derive(Serialize)]
@@ -84,12 +132,16 @@ pub(crate) struct ChatChunkChoice<'a> {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 pub(crate) struct ChatDelta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub tool_calls: &'a [ToolCallOut<'a>],
 }
 
 /// `text_completion`, whole or as a stream chunk (the shape is the same).
@@ -102,6 +154,8 @@ pub(crate) struct Completion<'a> {
     pub choices: &'a [CompletionChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvext: Option<&'a Nvext>,
 }
 
 #[derive(Serialize)]

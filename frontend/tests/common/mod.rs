@@ -62,6 +62,8 @@ pub enum Script {
     Hang,
     /// Emits these tokens over and over, 5 ms apart, until cancelled.
     Endless(Vec<u32>),
+    /// Answers with one final chunk carrying this embedding (an engine that serves them).
+    Embedding(Vec<f32>),
 }
 
 /// A worker whose behaviour is scripted, recording what it receives.
@@ -133,6 +135,12 @@ impl GenerateHandler for ScriptedWorker {
                 out
             }
             Script::Reject(kind) => vec![error_chunk(0, *kind)],
+            Script::Embedding(vector) => vec![GenerateChunk {
+                finish_reason: FinishReason::Stop.into(),
+                usage: Some(Usage { prompt_tokens, completion_tokens: 0, cached_tokens: 0 }),
+                embedding: vector.clone(),
+                ..GenerateChunk::default()
+            }],
             Script::FailAfter(ids) => {
                 vec![chunk(0, ids.clone()), error_chunk(1, ErrorKind::Engine)]
             }
@@ -191,6 +199,7 @@ pub fn card(model: &str) -> ModelCard {
         kv_block_size: BLOCK_SIZE,
         kv_total_blocks: 1024,
         engine: "scripted".to_owned(),
+        ..ModelCard::default()
     }
 }
 
@@ -265,6 +274,30 @@ impl Harness {
     ) -> Result<()> {
         let registration =
             register(&self.discovery, id, model, address, role, &self.shutdown).await?;
+        self.registrations.lock().unwrap().push(registration);
+        Ok(())
+    }
+
+    /// Serves `worker` as an instance with `card`.
+    pub async fn add_worker_with_card(
+        &self,
+        id: &str,
+        worker: Arc<ScriptedWorker>,
+        card: ModelCard,
+    ) -> Result<()> {
+        let address = serve_worker(worker, self.shutdown.clone()).await?;
+        let record = InstanceRecord {
+            instance_id: id.to_owned(),
+            namespace: "test".to_owned(),
+            role: Role::Aggregated.into(),
+            address,
+            card: Some(card),
+            transport: "tcp".to_owned(),
+            ..Default::default()
+        };
+        let registration =
+            within(self.discovery.register(record, Duration::from_secs(5), self.shutdown.clone()))
+                .await?;
         self.registrations.lock().unwrap().push(registration);
         Ok(())
     }

@@ -38,6 +38,10 @@ pub struct MockerConfig {
     pub context_length: u32,
     /// Step latencies of the simulated GPU + model.
     pub profile: TimingProfile,
+    /// Recorded outputs to replay instead of random tokens: a request's output is entry
+    /// `seed mod len` (entry 0 without a seed), then EOS. For exercising clients and output
+    /// parsers with real models' outputs; empty for random tokens.
+    pub replay: Vec<std::sync::Arc<[u32]>>,
 }
 
 impl Default for MockerConfig {
@@ -57,6 +61,7 @@ impl Default for MockerConfig {
             eos_token_ids: vec![2],
             context_length: 8_192,
             profile: TimingProfile::default(),
+            replay: Vec::new(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct TokenSampler {
     /// `excluded` plus the stop ids: what is masked before `min_tokens`, as vLLM does.
     excluded_early: Vec<u32>,
     min_tokens: u32,
+    /// The recorded output this request replays, if the engine replays.
+    replay: Option<std::sync::Arc<[u32]>>,
 }
 
 impl TokenSampler {
@@ -36,6 +38,10 @@ impl TokenSampler {
     /// id so a retried request generates the same text.
     pub(crate) fn new(config: &MockerConfig, sampling: &SamplingParams, request_id: &str) -> Self {
         let seed = sampling.seed.unwrap_or_else(|| xxh3_64(request_id.as_bytes()));
+        let replay = (!config.replay.is_empty()).then(|| {
+            let pick = sampling.seed.unwrap_or(0) % config.replay.len() as u64;
+            config.replay[pick as usize].clone()
+        });
         let eos_ids = sorted_in_vocab(config.eos_token_ids.iter().copied(), config.vocab_size);
         let stop_ids = sorted_in_vocab(sampling.stop_token_ids.iter().copied(), u32::MAX);
         let excluded_early =
@@ -49,6 +55,7 @@ impl TokenSampler {
             stop_ids,
             excluded_early,
             min_tokens: sampling.min_tokens,
+            replay,
         }
     }
 
@@ -59,6 +66,12 @@ impl TokenSampler {
 
     /// The token at output position `index` (0 for the first generated token).
     pub(crate) fn sample(&self, index: u32) -> Sampled {
+        if let Some(replay) = &self.replay {
+            return match replay.get(index as usize) {
+                Some(&token) => Sampled { token, stops: false },
+                None => Sampled { token: self.eos_ids.first().copied().unwrap_or(0), stops: true },
+            };
+        }
         let may_stop = index >= self.min_tokens;
         if may_stop && self.eos_probability > 0.0 && !self.eos_ids.is_empty() {
             let draw = unit_f64(self.draw(index, 1));

@@ -1,0 +1,106 @@
+//! Prometheus metrics of one worker, on a recorder of its own rather than the process-global
+//! one, so that a worker and a frontend sharing a process (`switchyard up`) keep their pages
+//! apart. Values that the engine already counts are read at scrape time; counters of the
+//! worker's own events belong here too, as handles made in [`WorkerMetrics::new`].
+
+use metrics::{Counter, Gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use switchyard_proto::LoadReport;
+
+/// 1 while the instance record is in the store (lease kept alive), else 0.
+pub const REGISTERED: &str = "switchyard_worker_registered";
+/// 1 from shutdown until exit: new requests are turned away, in-flight ones finish.
+pub const DRAINING: &str = "switchyard_worker_draining";
+/// Response streams the worker is serving now.
+pub const INFLIGHT_REQUESTS: &str = "switchyard_worker_inflight_requests";
+/// Requests the engine is running (prefill or decode).
+pub const ENGINE_ACTIVE_REQUESTS: &str = "switchyard_worker_engine_active_requests";
+/// Requests the engine has admitted but not started.
+pub const ENGINE_WAITING_REQUESTS: &str = "switchyard_worker_engine_waiting_requests";
+/// KV cache blocks in use.
+pub const KV_ACTIVE_BLOCKS: &str = "switchyard_worker_kv_active_blocks";
+/// KV cache size in blocks.
+pub const KV_TOTAL_BLOCKS: &str = "switchyard_worker_kv_total_blocks";
+/// Prompt blocks found in the prefix cache, since start.
+pub const PREFIX_CACHE_HIT_BLOCKS: &str = "switchyard_worker_prefix_cache_hit_blocks_total";
+/// Prompt blocks looked up in the prefix cache, since start.
+pub const PREFIX_CACHE_LOOKUP_BLOCKS: &str = "switchyard_worker_prefix_cache_lookup_blocks_total";
+
+/// What a scrape reads from the worker besides the engine's load.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceState {
+    pub registered: bool,
+    pub draining: bool,
+    pub in_flight: usize,
+}
+
+/// One worker's metrics, labelled with its `instance` and `model`.
+pub struct WorkerMetrics {
+    recorder: PrometheusRecorder,
+    handles: Handles,
+}
+
+/// Handles registered once, so a scrape touches atomics, not the registry.
+struct Handles {
+    registered: Gauge,
+    draining: Gauge,
+    in_flight: Gauge,
+    active: Gauge,
+    waiting: Gauge,
+    kv_active: Gauge,
+    kv_total: Gauge,
+    cache_hits: Counter,
+    cache_lookups: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn new(instance_id: &str, model: &str) -> WorkerMetrics {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let labels = [("instance", instance_id.to_owned()), ("model", model.to_owned())];
+        let handles = metrics::with_local_recorder(&recorder, || {
+            describe();
+            Handles {
+                registered: metrics::gauge!(REGISTERED, &labels),
+                draining: metrics::gauge!(DRAINING, &labels),
+                in_flight: metrics::gauge!(INFLIGHT_REQUESTS, &labels),
+                active: metrics::gauge!(ENGINE_ACTIVE_REQUESTS, &labels),
+                waiting: metrics::gauge!(ENGINE_WAITING_REQUESTS, &labels),
+                kv_active: metrics::gauge!(KV_ACTIVE_BLOCKS, &labels),
+                kv_total: metrics::gauge!(KV_TOTAL_BLOCKS, &labels),
+                cache_hits: metrics::counter!(PREFIX_CACHE_HIT_BLOCKS, &labels),
+                cache_lookups: metrics::counter!(PREFIX_CACHE_LOOKUP_BLOCKS, &labels),
+            }
+        });
+        WorkerMetrics { recorder, handles }
+    }
+
+    /// The Prometheus text page, with the gauges set from `state` and `load` first.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn render(&self, state: ServiceState, load: Option<&LoadReport>) -> String {
+        let h = &self.handles;
+        h.registered.set(f64::from(u8::from(state.registered)));
+        h.draining.set(f64::from(u8::from(state.draining)));
+        h.in_flight.set(state.in_flight as f64);
+        if let Some(load) = load {
+            h.active.set(f64::from(load.active_requests));
+            h.waiting.set(f64::from(load.waiting_requests));
+            h.kv_active.set(load.active_kv_blocks as f64);
+            h.kv_total.set(load.total_kv_blocks as f64);
+            h.cache_hits.absolute(load.cache_hit_blocks);
+            h.cache_lookups.absolute(load.cache_lookup_blocks);
+        }
+        self.recorder.handle().render()
+    }
+}
+
+fn describe() {
+    metrics::describe_gauge!(REGISTERED, "1 while the instance record is in the store");
+    metrics::describe_gauge!(DRAINING, "1 from shutdown until exit");
+    metrics::describe_gauge!(INFLIGHT_REQUESTS, "Response streams being served");
+    metrics::describe_gauge!(ENGINE_ACTIVE_REQUESTS, "Requests the engine is running");
+    metrics::describe_gauge!(ENGINE_WAITING_REQUESTS, "Requests admitted, not started");
+    metrics::describe_gauge!(KV_ACTIVE_BLOCKS, Unit::Count, "KV cache blocks in use");
+    metrics::describe_gauge!(KV_TOTAL_BLOCKS, Unit::Count, "KV cache size in blocks");
+    metrics::describe_counter!(PREFIX_CACHE_HIT_BLOCKS, "Prompt blocks found in the prefix cache");
+    metrics::describe_counter!(PREFIX_CACHE_LOOKUP_BLOCKS, "Prompt blocks looked up");
+}
