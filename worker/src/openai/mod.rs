@@ -154,15 +154,9 @@ impl OpenAiEngine {
             ));
             rx
         });
-        let events = match &config.kv_events_endpoint {
-            Some(endpoint) => Some(kv_events::KvEventSource::start(
-                endpoint.clone(),
-                block_size,
-                &tasks,
-                stop.clone(),
-            )),
-            None => None,
-        };
+        let events = config.kv_events_endpoint.as_ref().map(|endpoint| {
+            kv_events::KvEventSource::start(endpoint.clone(), block_size, &tasks, stop.clone())
+        });
         tasks.close();
         info!(
             engine = %flavour, url = %base, model = %served.id,
