@@ -75,7 +75,7 @@ def train_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    # GPT-2's pre-tokenizer regex: llama.cpp's "gpt2" pre-tokenizer type is the same split.
+    # GPT-2's pre-tokenizer regex: llama.cpp's "gpt-2" pre-tokenizer type is the same split.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -234,7 +234,7 @@ def write_gguf(path: Path, weights: dict, tokenizer_json: dict, ids: dict[str, i
     writer.add_vocab_size(len(tokens))
 
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     writer.add_token_merges(merges)

@@ -4,7 +4,8 @@
 # rendered in it), and a Python venv with the official `openai` client (for the
 # API-compatibility tests) and Jinja2 (the chat-template corpus test renders real templates
 # with it, as `transformers` does), and debootstrap (the container tests build their image
-# offline with it; they also need the Docker engine and docker-compose). Safe to run again.
+# offline with it; they also need the Docker engine and docker-compose). It also builds llama-server and makes the
+# tiny model's weights (for the engine tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, jinja2" 2>
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "openai>=1.50,<3" "jinja2>=3.1,<4"
 fi
-echo "setup done: $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"
+# Real engines for the engine tests, cached outside the checkout ($SWITCHYARD_CACHE_DIR, default
+# ~/.cache/switchyard) and made again when missing: llama.cpp's llama-server built from the
+# llama-cpp-python sdist (~5 min on 2 cores the first time), and the tiny model with weights
+# (safetensors for vLLM, GGUF for llama.cpp).
+llama_server=$(bash scripts/build_llama_server.sh)
+tiny_model=$(bash scripts/tiny_model.sh)
+
+echo "setup done: $llama_server; $tiny_model; $(mold --version | head -1); $(.venv/bin/python -c 'import openai; print("openai", openai.__version__)')"

@@ -47,6 +47,22 @@ pub const WORKER_ROLE: &str = "SWITCHYARD_WORKER_ROLE";
 pub const KV_TRANSFER_PORT: &str = "SWITCHYARD_KV_TRANSFER_PORT";
 pub const KV_PULL_TIMEOUT_SECS: &str = "SWITCHYARD_KV_PULL_TIMEOUT_SECS";
 
+// Engine servers wrapped by a worker (`--engine openai|vllm|sglang|trtllm|llamacpp`).
+pub const ENGINE_URL: &str = "SWITCHYARD_ENGINE_URL";
+pub const ENGINE_MODEL: &str = "SWITCHYARD_ENGINE_MODEL";
+pub const ENGINE_READY_TIMEOUT_SECS: &str = "SWITCHYARD_ENGINE_READY_TIMEOUT_SECS";
+pub const ENGINE_KV_EVENTS: &str = "SWITCHYARD_ENGINE_KV_EVENTS";
+pub const ENGINE_BLOCK_SIZE: &str = "SWITCHYARD_ENGINE_BLOCK_SIZE";
+pub const ENGINE_SLOT_DIR: &str = "SWITCHYARD_ENGINE_SLOT_DIR";
+pub const ENGINE_LAUNCH: &str = "SWITCHYARD_ENGINE_LAUNCH";
+pub const ENGINE_RESTART: &str = "SWITCHYARD_ENGINE_RESTART";
+/// Passed on to a launched engine as `HUGGING_FACE_HUB_TOKEN` when that is unset.
+pub const HF_TOKEN: &str = "HF_TOKEN";
+pub const HUGGING_FACE_HUB_TOKEN: &str = "HUGGING_FACE_HUB_TOKEN";
+/// Which GPUs the worker's process sees, as CUDA reads them (logged at start).
+pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+pub const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+
 pub const MOCKER_BLOCK_SIZE: &str = "SWITCHYARD_MOCKER_BLOCK_SIZE";
 pub const MOCKER_NUM_GPU_BLOCKS: &str = "SWITCHYARD_MOCKER_NUM_GPU_BLOCKS";
 pub const MOCKER_MAX_NUM_SEQS: &str = "SWITCHYARD_MOCKER_MAX_NUM_SEQS";

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, WorkerError};
+use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, TokenLogprob, WorkerError};
 use switchyard_runtime::ChunkStream;
 use tokio::time::timeout_at;
 
@@ -46,6 +46,8 @@ pub(crate) struct Generation {
     scratch: String,
     /// The text of the last [`Step::Text`].
     text: String,
+    /// Log probabilities of the tokens not yet handed out with a step.
+    logprobs: Vec<TokenLogprob>,
     deadline: tokio::time::Instant,
     timeout: Duration,
     prompt_tokens: u32,
@@ -85,6 +87,7 @@ impl Generation {
             stop: StopMatcher::new(setup.stop),
             scratch: String::new(),
             text: String::new(),
+            logprobs: Vec::new(),
             deadline: setup.deadline,
             timeout: setup.timeout,
             prompt_tokens: setup.prompt_tokens,
@@ -102,6 +105,11 @@ impl Generation {
     /// The text of the last [`Step::Text`].
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Log probabilities of the tokens since the last call (empty unless asked for).
+    pub fn take_logprobs(&mut self) -> Vec<TokenLogprob> {
+        std::mem::take(&mut self.logprobs)
     }
 
     /// The next piece of the response; `None` after a `Finished` or `Failed` step.
@@ -155,6 +163,7 @@ impl Generation {
             self.first_token_at.get_or_insert(now);
             self.last_token_at = Some(now);
         }
+        self.logprobs.extend(chunk.logprobs.iter().cloned());
         for &id in &chunk.token_ids {
             self.completion_tokens += 1;
             self.scratch.clear();
@@ -225,6 +234,9 @@ impl Generation {
 /// The frontend's error for a worker's error chunk.
 fn worker_error(error: &WorkerError) -> Error {
     match error.kind() {
+        ErrorKind::InvalidRequest if !error.param.is_empty() => {
+            Error::invalid(error.param.clone(), error.message.clone())
+        }
         ErrorKind::InvalidRequest => Error::WorkerRejected { message: error.message.clone() },
         kind => Error::Worker(format!("{kind:?}: {}", error.message)),
     }

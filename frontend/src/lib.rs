@@ -17,6 +17,7 @@ mod generation;
 mod handlers;
 mod health;
 mod kv_router;
+mod logprobs;
 pub mod metrics;
 mod models;
 mod openai;

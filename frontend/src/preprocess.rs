@@ -136,6 +136,14 @@ impl Preprocessor {
         }
     }
 
+    /// The bytes one token stands for (for log probabilities).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.token_bytes {
+            Some(table) => table.get(id).to_vec(),
+            None => self.tokenizer.decode(&[id], false).map(String::into_bytes).unwrap_or_default(),
+        }
+    }
+
     /// A fresh incremental detokenizer for one response; `special` names special tokens the
     /// output parsers must see as text (others produce none).
     pub fn detokenizer(&self, special: &[&str]) -> Detokenizer {

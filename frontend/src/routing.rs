@@ -325,7 +325,7 @@ impl Dispatch {
 fn error_chunk_stream(kind: ErrorKind, message: String) -> ChunkStream {
     let chunk = GenerateChunk {
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message }),
+        error: Some(WorkerError { kind: kind.into(), message, ..WorkerError::default() }),
         ..GenerateChunk::default()
     };
     Box::pin(futures::stream::iter([Ok(chunk)]))

@@ -9,10 +9,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
+use switchyard_proto::TokenLogprob;
 
 use crate::chat_output::{ChatOutput, call_out};
 use crate::error::Error;
 use crate::generation::{Finish, Generation, Step};
+use crate::logprobs::LogprobsOut;
 use crate::openai::response::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
     Completion, CompletionChoice, Nvext, ResponseMeta, Usage,
@@ -37,13 +39,32 @@ pub(crate) struct Shaping {
     /// Add the timing extension to the final chunk or body.
     pub nvext: bool,
     pub output: ChatOutput,
+    /// Renders log probabilities, when the request asked for them.
+    pub logprobs: Option<LogprobsOut>,
+}
+
+impl Shaping {
+    /// The `logprobs` object for `tokens`, when asked for and there are any.
+    fn render_logprobs(&mut self, tokens: &mut Vec<TokenLogprob>) -> Option<serde_json::Value> {
+        let out = self.logprobs.as_mut()?;
+        if tokens.is_empty() {
+            return None;
+        }
+        Some(out.render(&std::mem::take(tokens)))
+    }
 }
 
 /// A streaming response; `first` is the step already taken (so that a failure before any
 /// output could still be answered with a plain error status).
 pub(crate) fn sse_response(generation: Generation, first: Step, shaping: Shaping) -> Response {
-    let events =
-        SseEvents { generation, first: Some(first), shaping, role_sent: false, done: false };
+    let events = SseEvents {
+        generation,
+        first: Some(first),
+        shaping,
+        pending_logprobs: Vec::new(),
+        role_sent: false,
+        done: false,
+    };
     let body = futures::stream::unfold(events, |mut events| async move {
         let frame = events.next_frame().await?;
         Some((Ok::<_, Infallible>(frame), events))
@@ -64,6 +85,8 @@ struct SseEvents {
     generation: Generation,
     first: Option<Step>,
     shaping: Shaping,
+    /// Log probabilities of tokens whose text has not gone out yet.
+    pending_logprobs: Vec<TokenLogprob>,
     /// Whether the chat `role` went out yet (it rides on the first delta).
     role_sent: bool,
     done: bool,
@@ -81,6 +104,7 @@ impl SseEvents {
                 Some(step) => step,
                 None => self.generation.next_step().await?,
             };
+            self.pending_logprobs.extend(self.generation.take_logprobs());
             match step {
                 Step::Text => {
                     let text = self.generation.text();
@@ -90,7 +114,8 @@ impl SseEvents {
                             self.write_chat_delta(&mut frame);
                         }
                         ApiKind::Completion => {
-                            write_completion_text(&mut frame, &self.shaping.meta, text);
+                            let logprobs = self.shaping.render_logprobs(&mut self.pending_logprobs);
+                            write_completion_text(&mut frame, &self.shaping.meta, text, logprobs);
                         }
                     }
                 }
@@ -103,7 +128,8 @@ impl SseEvents {
                         }
                     }
                     let nvext = self.shaping.nvext.then(|| self.generation.nvext(&finish.usage));
-                    write_finish(&mut frame, &self.shaping, &finish, nvext.as_ref());
+                    let logprobs = self.shaping.render_logprobs(&mut self.pending_logprobs);
+                    write_finish(&mut frame, &self.shaping, &finish, nvext.as_ref(), logprobs);
                     frame.extend_from_slice(b"data: [DONE]\n\n");
                     self.done = true;
                 }
@@ -126,10 +152,16 @@ impl SseEvents {
         if delta.is_empty() {
             return;
         }
+        let logprobs = match &mut self.shaping.logprobs {
+            Some(out) if !self.pending_logprobs.is_empty() => {
+                Some(out.render(&std::mem::take(&mut self.pending_logprobs)))
+            }
+            _ => None,
+        };
         let choices = [ChatChunkChoice {
             index: 0,
             delta: chat_delta(delta, &calls, with_role),
-            logprobs: None,
+            logprobs,
             finish_reason: None,
         }];
         write_event(frame, &chat_chunk(meta, &choices, None, None));
@@ -173,12 +205,23 @@ pub(crate) fn write_event<T: Serialize>(frame: &mut Vec<u8>, value: &T) {
     frame.extend_from_slice(b"\n\n");
 }
 
-fn write_completion_text(frame: &mut Vec<u8>, meta: &ResponseMeta, text: &str) {
-    let choices = [CompletionChoice { index: 0, text, logprobs: None, finish_reason: None }];
+fn write_completion_text(
+    frame: &mut Vec<u8>,
+    meta: &ResponseMeta,
+    text: &str,
+    logprobs: Option<serde_json::Value>,
+) {
+    let choices = [CompletionChoice { index: 0, text, logprobs, finish_reason: None }];
     write_event(frame, &completion(meta, &choices, None, None));
 }
 
-fn write_finish(frame: &mut Vec<u8>, shaping: &Shaping, finish: &Finish, nvext: Option<&Nvext>) {
+fn write_finish(
+    frame: &mut Vec<u8>,
+    shaping: &Shaping,
+    finish: &Finish,
+    nvext: Option<&Nvext>,
+    logprobs: Option<serde_json::Value>,
+) {
     let meta = &shaping.meta;
     let usage = shaping.include_usage.then_some(finish.usage);
     match shaping.kind {
@@ -186,7 +229,7 @@ fn write_finish(frame: &mut Vec<u8>, shaping: &Shaping, finish: &Finish, nvext: 
             let choices = [ChatChunkChoice {
                 index: 0,
                 delta: ChatDelta::default(),
-                logprobs: None,
+                logprobs: logprobs.clone(),
                 finish_reason: Some(shaping.output.finish_reason(finish.reason)),
             }];
             write_event(
@@ -201,7 +244,7 @@ fn write_finish(frame: &mut Vec<u8>, shaping: &Shaping, finish: &Finish, nvext: 
             let choices = [CompletionChoice {
                 index: 0,
                 text: "",
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish.reason),
             }];
             write_event(
@@ -255,6 +298,8 @@ pub(crate) struct Collected {
     pub reasoning: String,
     pub content: String,
     pub tool_calls: Vec<crate::parsers::ToolCall>,
+    /// Log probabilities of every token, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Collected {
@@ -273,7 +318,9 @@ pub(crate) async fn collect(
 ) -> Result<(Collected, Finish), Error> {
     let mut collected = Collected::default();
     loop {
-        match generation.next_step().await {
+        let step = generation.next_step().await;
+        collected.logprobs.extend(generation.take_logprobs());
+        match step {
             Some(Step::Text) => collected.add(output.push(generation.text())),
             Some(Step::Finished(finish)) => {
                 collected.add(output.finish());
@@ -292,6 +339,8 @@ pub(crate) async fn collect_response(mut generation: Generation, mut shaping: Sh
         Err(error) => return error.into_response(),
     };
     let nvext = shaping.nvext.then(|| generation.nvext(&finish.usage));
+    let mut tokens = collected.logprobs.clone();
+    let logprobs = shaping.render_logprobs(&mut tokens);
     let meta = &shaping.meta;
     let body = match shaping.kind {
         ApiKind::Chat | ApiKind::Responses => {
@@ -316,7 +365,7 @@ pub(crate) async fn collect_response(mut generation: Generation, mut shaping: Sh
                             .then_some(collected.reasoning.as_str()),
                         tool_calls: &calls,
                     },
-                    logprobs: None,
+                    logprobs,
                     finish_reason: shaping.output.finish_reason(finish.reason),
                 }],
                 usage: finish.usage,
@@ -327,7 +376,7 @@ pub(crate) async fn collect_response(mut generation: Generation, mut shaping: Sh
             let choices = [CompletionChoice {
                 index: 0,
                 text: &collected.content,
-                logprobs: None,
+                logprobs,
                 finish_reason: Some(finish.reason),
             }];
             serde_json::to_vec(&completion(meta, &choices, Some(finish.usage), nvext.as_ref()))

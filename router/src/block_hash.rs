@@ -9,11 +9,18 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Hashes of the full `block_size`-token blocks of `tokens`, each chained to its parent.
 pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    block_hashes_after(0, tokens, block_size)
+}
+
+/// Hashes of the full blocks of `tokens` that follow the block hashed `parent` (0: none), as
+/// [`block_hashes`] would give them for the whole prefix; engines that report the token ids of
+/// newly cached blocks are re-hashed this way.
+pub fn block_hashes_after(parent: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
     if block_size == 0 {
         return Vec::new();
     }
     let mut bytes = Vec::with_capacity(block_size * 4);
-    let mut parent = 0u64;
+    let mut parent = parent;
     tokens
         .chunks_exact(block_size)
         .map(|block| {
@@ -37,6 +44,12 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(a[..2], b[..2]);
         assert_ne!(a[2], b[2]);
+    }
+
+    #[test]
+    fn hashes_after_a_parent_continue_the_chain() {
+        let whole = block_hashes(&[1, 2, 3, 4, 5, 6], 2);
+        assert_eq!(block_hashes_after(whole[0], &[3, 4, 5, 6], 2), whole[1..]);
     }
 
     #[test]

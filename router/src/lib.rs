@@ -8,7 +8,7 @@ pub mod kv_index;
 pub mod policy;
 pub mod state;
 
-pub use block_hash::block_hashes;
+pub use block_hash::{block_hashes, block_hashes_after};
 pub use error::Error;
 pub use kv_index::{
     Applied, InstanceId, KvChange, KvEvent, KvIndex, KvIndexConfig, OverlapScores, ResyncReason,

@@ -7,6 +7,7 @@ pub mod bench_flags;
 pub mod deploy;
 pub mod frontend;
 pub mod health;
+pub mod launch;
 pub mod logging;
 pub mod plane;
 pub mod shutdown;

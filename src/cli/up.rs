@@ -116,6 +116,12 @@ impl UpArgs {
 }
 
 pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.serve.engine != super::worker::EngineKind::Mocker {
+        anyhow::bail!(
+            "`up` runs simulated workers only; start a worker per engine server with \
+             `switchyard worker --engine …`"
+        );
+    }
     let listener = args.http.bind().await?;
     let topology = LocalTopology::start(&args, listener, shutdown.clone()).await?;
     println!(
@@ -256,6 +262,7 @@ impl Topology {
                             listener,
                             kv_transfer,
                             &serve,
+                            None,
                             config,
                             discovery,
                             stop,

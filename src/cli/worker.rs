@@ -10,12 +10,17 @@ use switchyard_proto::{ModelCard, Role};
 use switchyard_runtime::Discovery;
 use switchyard_runtime::events::NatsEventPublisher;
 use switchyard_runtime::plane::nats::{NatsListener, generate_subject};
+use switchyard_worker::gpu::GpuInventory;
 use switchyard_worker::mocker::{HandoffConfig, KvLink, MockerConfig, MockerEngine};
+use switchyard_worker::openai::{Flavour, OpenAiConfig, OpenAiEngine};
 use switchyard_worker::service::new_instance_id;
 use switchyard_worker::{Engine, PlaneListener, WorkerConfig, WorkerStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
+use super::launch;
 use super::plane::{PlaneArgs, PlaneKind};
 use super::store::StoreArgs;
 use crate::env_names as env;
@@ -55,6 +60,76 @@ impl WorkerRole {
 pub enum EngineKind {
     /// The simulated GPU engine (no GPU needed).
     Mocker,
+    /// An OpenAI-compatible engine server at --engine-url; its make (vLLM, SGLang,
+    /// TensorRT-LLM, llama.cpp) is detected from its /v1/models, else it is spoken to as a
+    /// plain OpenAI server.
+    Openai,
+    /// vLLM's OpenAI server.
+    Vllm,
+    /// SGLang's server.
+    Sglang,
+    /// TensorRT-LLM's trtllm-serve.
+    Trtllm,
+    /// llama.cpp's llama-server.
+    Llamacpp,
+}
+
+impl EngineKind {
+    /// The wrapper's flavour; `None` for the mocker, and for `openai` (detected).
+    fn flavour(self) -> Option<Flavour> {
+        match self {
+            EngineKind::Mocker | EngineKind::Openai => None,
+            EngineKind::Vllm => Some(Flavour::Vllm),
+            EngineKind::Sglang => Some(Flavour::Sglang),
+            EngineKind::Trtllm => Some(Flavour::Trtllm),
+            EngineKind::Llamacpp => Some(Flavour::Llamacpp),
+        }
+    }
+}
+
+/// Where the engine server is, for every engine but the mocker.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineServerArgs {
+    /// Base URL of the engine server (e.g. http://127.0.0.1:8080); with --launch, where the
+    /// launched engine listens.
+    #[arg(long, env = env::ENGINE_URL)]
+    pub engine_url: Option<String>,
+
+    /// The engine's name for the model [default: the first model it lists].
+    #[arg(long, env = env::ENGINE_MODEL)]
+    pub engine_model: Option<String>,
+
+    /// Longest wait, in seconds, for the engine server to become ready.
+    #[arg(long, env = env::ENGINE_READY_TIMEOUT_SECS, default_value_t = 600)]
+    pub engine_ready_timeout_secs: u64,
+
+    /// The engine's ZeroMQ KV event publisher (vLLM/SGLang `--kv-events-config` endpoint,
+    /// e.g. tcp://127.0.0.1:5557); its events feed `kv` routing.
+    #[arg(long, env = env::ENGINE_KV_EVENTS)]
+    pub engine_kv_events: Option<String>,
+
+    /// Tokens per KV block of the engine [default: vLLM's own, else 16].
+    #[arg(long, env = env::ENGINE_BLOCK_SIZE)]
+    pub engine_block_size: Option<u32>,
+
+    /// llama.cpp prefill/decode: the directory both servers' --slot-save-path name (decode
+    /// workers delete each slot file once restored).
+    #[arg(long, env = env::ENGINE_SLOT_DIR)]
+    pub engine_slot_dir: Option<std::path::PathBuf>,
+
+    /// Start the engine server: the command after `--` (e.g. `-- llama-server -m m.gguf`),
+    /// on a private port unless it names one; stopped on shutdown.
+    #[arg(long, env = env::ENGINE_LAUNCH)]
+    pub launch: bool,
+
+    /// With --launch: start the engine again when it dies (the worker leaves discovery
+    /// meanwhile); without it the worker stops.
+    #[arg(long, env = env::ENGINE_RESTART)]
+    pub engine_restart: bool,
+
+    /// The engine command for --launch.
+    #[arg(last = true, value_name = "ENGINE_COMMAND")]
+    pub engine_command: Vec<String>,
 }
 
 /// What a worker serves and how it is reached.
@@ -210,6 +285,9 @@ pub struct WorkerArgs {
     pub serve: ServeArgs,
 
     #[command(flatten)]
+    pub engine_server: EngineServerArgs,
+
+    #[command(flatten)]
     pub store: StoreArgs,
 
     #[command(flatten)]
@@ -219,6 +297,22 @@ pub struct WorkerArgs {
 pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     if let Some(parent) = args.parent_pid {
         super::shutdown::with_parent(parent, shutdown.clone());
+    }
+    let inventory = GpuInventory::probe();
+    match &inventory.note {
+        Some(note) => info!("no GPU inventory: {note}"),
+        None => {
+            for gpu in &inventory.gpus {
+                info!(index = gpu.index, name = %gpu.name, uuid = %gpu.uuid,
+                    memory_total_bytes = gpu.memory_total_bytes,
+                    memory_free_bytes = gpu.memory_free_bytes, "GPU");
+            }
+        }
+    }
+    if let Some(visible) =
+        env::compat(env::CUDA_VISIBLE_DEVICES).or_else(|| env::compat(env::NVIDIA_VISIBLE_DEVICES))
+    {
+        info!(visible = %visible, "GPUs selected by the environment");
     }
     let discovery = args.store.open().await?;
     let instance_id = args.instance_id.clone().unwrap_or_else(new_instance_id);
@@ -235,9 +329,19 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         role: args.role.proto(),
         lease_ttl: args.store.lease_ttl()?,
         status: status.as_ref().map(|s| s.status.clone()),
+        gpus: inventory.gpus,
         ..WorkerConfig::default()
     };
-    let served = serve(listener, kv_transfer, &args.serve, config, discovery, shutdown).await;
+    let served = serve(
+        listener,
+        kv_transfer,
+        &args.serve,
+        Some(&args.engine_server),
+        config,
+        discovery,
+        shutdown,
+    )
+    .await;
     if let Some(status) = status {
         status.stop().await;
     }
@@ -315,11 +419,13 @@ pub async fn bind(
     })
 }
 
-/// Starts the engine and serves it on an already-bound listener (shared with `switchyard up`).
+/// Starts the engine and serves it on an already-bound listener (shared with `switchyard up`,
+/// which runs simulated engines only and gives no `server`).
 pub async fn serve(
     listener: PlaneListener,
     kv_transfer: Option<TcpListener>,
     args: &ServeArgs,
+    server: Option<&EngineServerArgs>,
     mut config: WorkerConfig,
     discovery: Discovery,
     shutdown: CancellationToken,
@@ -329,16 +435,35 @@ pub async fn serve(
     config.reasoning_parser = args.reasoning_parser.map(|p| p.name().to_owned());
     config.tool_call_parser = args.tool_call_parser.map(|p| p.name().to_owned());
     let engine_stop = CancellationToken::new();
-    let engine = start_engine(args, engine_stop.clone()).await?;
-    let result =
-        switchyard_worker::serve(listener, kv_transfer, engine, discovery, config, shutdown).await;
+    let tasks = TaskTracker::new();
+    let default_server = EngineServerArgs::default();
+    let server = server.unwrap_or(&default_server);
+    let started = start_engine(args, server, &tasks, shutdown.clone(), engine_stop.clone()).await;
+    let result = match started {
+        Ok(engine) => switchyard_worker::serve(
+            listener,
+            kv_transfer,
+            engine,
+            discovery,
+            config,
+            shutdown.clone(),
+        )
+        .await
+        .context("worker failed"),
+        Err(e) => Err(e),
+    };
     engine_stop.cancel();
-    result.context("worker failed")
+    tasks.close();
+    tasks.wait().await;
+    result
 }
 
 async fn start_engine(
     args: &ServeArgs,
+    server: &EngineServerArgs,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
+    engine_stop: CancellationToken,
 ) -> anyhow::Result<Arc<dyn Engine>> {
     let source = args.model_path.clone();
     let files = tokio::task::spawn_blocking(move || ModelFiles::resolve(&source))
@@ -354,43 +479,114 @@ async fn start_engine(
         }
         _ => args.model_path.clone(),
     };
-    match args.engine {
-        EngineKind::Mocker => {
-            let m = &args.mocker;
-            let config = MockerConfig {
-                block_size: m.block_size,
-                num_gpu_blocks: m.num_gpu_blocks,
-                max_num_seqs: m.max_num_seqs,
-                max_num_batched_tokens: m.max_num_batched_tokens,
-                enable_prefix_caching: m.prefix_caching,
-                speedup_ratio: m.speedup_ratio,
-                eos_probability: m.eos_probability,
-                context_length: m.context_length,
-                vocab_size: files.config.vocab_size.unwrap_or(32000),
-                eos_token_ids: files.config.eos_token_ids.clone(),
-                handoff: HandoffConfig {
-                    kv_bytes_per_token: m.kv_bytes_per_token,
-                    scale: m.kv_transfer_scale,
-                    link: m.kv_link,
-                    lease: Duration::from_secs(m.kv_lease_secs),
-                },
-                replay: replay_outputs(m.replay_output.as_deref(), &files)?,
-                ..MockerConfig::default()
-            };
-            let card = ModelCard {
-                model: name,
-                tokenizer_source,
-                context_length: m.context_length,
-                kv_block_size: m.block_size,
-                kv_total_blocks: m.num_gpu_blocks,
-                engine: "mocker".to_owned(),
-                ..ModelCard::default()
-            };
-            let engine = MockerEngine::start(config, card, shutdown)
-                .context("starting the mocker engine")?;
-            Ok(Arc::new(engine))
-        }
+    if args.engine != EngineKind::Mocker {
+        let card = ModelCard {
+            model: name,
+            tokenizer_source,
+            context_length: files.context_length().unwrap_or(0),
+            ..ModelCard::default()
+        };
+        return start_engine_server(
+            args.engine,
+            server,
+            card,
+            &files,
+            tasks,
+            shutdown,
+            engine_stop,
+        )
+        .await;
     }
+    let m = &args.mocker;
+    let config = MockerConfig {
+        block_size: m.block_size,
+        num_gpu_blocks: m.num_gpu_blocks,
+        max_num_seqs: m.max_num_seqs,
+        max_num_batched_tokens: m.max_num_batched_tokens,
+        enable_prefix_caching: m.prefix_caching,
+        speedup_ratio: m.speedup_ratio,
+        eos_probability: m.eos_probability,
+        context_length: m.context_length,
+        vocab_size: files.config.vocab_size.unwrap_or(32000),
+        eos_token_ids: files.config.eos_token_ids.clone(),
+        handoff: HandoffConfig {
+            kv_bytes_per_token: m.kv_bytes_per_token,
+            scale: m.kv_transfer_scale,
+            link: m.kv_link,
+            lease: Duration::from_secs(m.kv_lease_secs),
+        },
+        replay: replay_outputs(m.replay_output.as_deref(), &files)?,
+        ..MockerConfig::default()
+    };
+    let card = ModelCard {
+        model: name,
+        tokenizer_source,
+        context_length: m.context_length,
+        kv_block_size: m.block_size,
+        kv_total_blocks: m.num_gpu_blocks,
+        engine: "mocker".to_owned(),
+        ..ModelCard::default()
+    };
+    let engine =
+        MockerEngine::start(config, card, engine_stop).context("starting the mocker engine")?;
+    Ok(Arc::new(engine))
+}
+
+/// Wraps an engine server: launched here (`--launch`) or already running at --engine-url.
+async fn start_engine_server(
+    kind: EngineKind,
+    server: &EngineServerArgs,
+    card: ModelCard,
+    files: &ModelFiles,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+    engine_stop: CancellationToken,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    let (url, died) = if server.launch {
+        let launched = launch::launch(
+            &server.engine_command,
+            server.engine_restart,
+            tasks,
+            engine_stop.clone(),
+        )?;
+        // An engine that is gone for good takes the worker with it.
+        let (gone, stop) = (launched.gone.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = gone.cancelled() => {
+                    warn!("the engine exited and is not restarted; the worker stops");
+                    stop.cancel();
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+        (launched.url, launched.died)
+    } else {
+        let url = server.engine_url.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--engine {kind:?} needs --engine-url (or --launch -- <engine command>)"
+            )
+        })?;
+        if !server.engine_command.is_empty() {
+            anyhow::bail!("an engine command after `--` needs --launch");
+        }
+        (url, CancellationToken::new())
+    };
+    let config = OpenAiConfig {
+        url,
+        flavour: kind.flavour(),
+        served_model: server.engine_model.clone(),
+        ready_timeout: Duration::from_secs(server.engine_ready_timeout_secs),
+        kv_block_size: server.engine_block_size,
+        kv_events_endpoint: server.engine_kv_events.clone(),
+        slot_dir: server.engine_slot_dir.clone(),
+    };
+    let ready = OpenAiEngine::start(config, card, &files.tokenizer_json, died, engine_stop);
+    let engine = tokio::select! {
+        engine = ready => engine.context("waiting for the engine server")?,
+        () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for the engine"),
+    };
+    Ok(Arc::new(engine))
 }
 
 /// The token ids of each recorded output in `path` (a JSON list of strings).

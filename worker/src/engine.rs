@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 use switchyard_proto::{GenerateChunk, GenerateRequest, KvEvent, KvHandle, LoadReport, ModelCard};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -45,8 +45,8 @@ pub trait Engine: Send + Sync + 'static {
     /// moved by the engine itself from `engine_params`; without that KV it computes the
     /// prompt itself, with the same output.
     ///
-    /// An engine whose card says `embeddings` answers a request with `embed` set by one final chunk
-    /// carrying the prompt's `embedding` (the worker refuses `embed` for the others).
+    /// An engine whose card says `embeddings` answers a request with `embed` set by one final
+    /// chunk carrying the prompt's `embedding` (the worker refuses `embed` for the others).
     async fn generate(
         &self,
         request: GenerateRequest,
@@ -68,6 +68,13 @@ pub trait Engine: Send + Sync + 'static {
     /// router that lost track; false when the engine cannot give one.
     fn request_kv_snapshot(&self) -> bool {
         false
+    }
+
+    /// Whether the engine can serve now, as it changes (an engine server that died, or came
+    /// back); `None` for an engine that is up as long as the worker runs. The worker leaves
+    /// discovery while this reads false and registers again when it reads true.
+    fn up(&self) -> Option<watch::Receiver<bool>> {
+        None
     }
 
     /// Whether the engine serves `prefill_only` requests (a worker with the prefill role

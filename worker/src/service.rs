@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use switchyard_proto::{
-    ErrorKind, FinishReason, GenerateChunk, GenerateRequest, InstanceRecord, Role, WorkerError,
+    ErrorKind, FinishReason, GenerateChunk, GenerateRequest, GpuInfo, InstanceRecord, Role,
+    WorkerError,
 };
 use switchyard_runtime::events::{
     EngineEvents, EventHub, EventPublisher, LoadReporting, NatsEventPublisher,
@@ -22,8 +23,9 @@ use switchyard_runtime::events::{
 };
 use switchyard_runtime::plane::nats::{self, NatsListener, NatsServerConfig};
 use switchyard_runtime::plane::tcp::{self, TcpServerConfig};
-use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler};
+use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler, Registration};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -46,6 +48,8 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// Longest wait for in-flight requests to finish on shutdown; they are cancelled after.
     pub drain_timeout: Duration,
+    /// GPUs this worker sees, published in its record.
+    pub gpus: Vec<GpuInfo>,
     /// Told when the worker serves and when it drains, for its status port.
     pub status: Option<Arc<WorkerStatus>>,
     /// Longest wait for one KV pull from a prefill worker (connection included); after it
@@ -65,6 +69,7 @@ impl Default for WorkerConfig {
             role: Role::Aggregated,
             lease_ttl: switchyard_runtime::store::DEFAULT_LEASE_TTL,
             drain_timeout: Duration::from_secs(30),
+            gpus: Vec::new(),
             status: None,
             kv_pull_timeout: Duration::from_secs(10),
             reasoning_parser: None,
@@ -187,6 +192,7 @@ pub async fn serve(
         card: Some(card),
         transport: listener.transport().to_owned(),
         kv_transfer_address: kv_transfer_address.clone(),
+        gpus: config.gpus.clone(),
     };
 
     let handler = Arc::new(WorkerHandler {
@@ -237,12 +243,25 @@ pub async fn serve(
         status.serving(&record.instance_id, registration.lease_health(), engine, in_flight);
     }
 
-    shutdown.cancelled().await;
+    let mut registration = Some(registration);
+    let mut up = handler.engine.up();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            state = next_state(&mut up) => {
+                registration =
+                    follow_engine(state, registration, &discovery, &record, &config, &shutdown)
+                        .await;
+            }
+        }
+    }
     info!(instance = %record.instance_id, "shutting down: deregistering, then draining");
     if let Some(status) = &config.status {
         status.draining();
     }
-    if let Err(e) = registration.deregister().await {
+    if let Some(registration) = registration
+        && let Err(e) = registration.deregister().await
+    {
         warn!(error = %e, "deregistration failed; the record expires with its lease");
     }
     handler.draining.cancel();
@@ -266,6 +285,52 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// The engine's next up/down state; pending forever for an engine that reports none.
+async fn next_state(up: &mut Option<watch::Receiver<bool>>) -> bool {
+    if let Some(rx) = up {
+        if rx.changed().await.is_ok() {
+            return *rx.borrow_and_update();
+        }
+        // The engine dropped its sender: no more changes will come.
+        *up = None;
+    }
+    std::future::pending().await
+}
+
+/// Leaves discovery when the engine went down, registers again when it came back.
+async fn follow_engine(
+    up: bool,
+    registration: Option<Registration>,
+    discovery: &Discovery,
+    record: &InstanceRecord,
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Option<Registration> {
+    match (up, registration) {
+        (false, Some(registration)) => {
+            warn!(instance = %record.instance_id, "engine is down: leaving discovery");
+            if let Err(e) = registration.deregister().await {
+                warn!(error = %e, "deregistration failed; the record expires with its lease");
+            }
+            None
+        }
+        (true, None) => {
+            match discovery.register(record.clone(), config.lease_ttl, shutdown.child_token()).await
+            {
+                Ok(registration) => {
+                    info!(instance = %record.instance_id, "engine is up again: registered");
+                    Some(registration)
+                }
+                Err(e) => {
+                    warn!(error = %e, "registering again failed; retrying on the next change");
+                    None
+                }
+            }
+        }
+        (_, registration) => registration,
+    }
 }
 
 fn advertised_address(local: SocketAddr, host: Option<&str>) -> String {
@@ -408,7 +473,11 @@ fn error_stream(error: &Error) -> ChunkStream {
     let chunk = GenerateChunk {
         seq: 0,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message: error.to_string() }),
+        error: Some(WorkerError {
+            kind: kind.into(),
+            message: error.to_string(),
+            param: error.param_name().unwrap_or_default().to_owned(),
+        }),
         ..Default::default()
     };
     Box::pin(futures::stream::iter([Ok(chunk)]))

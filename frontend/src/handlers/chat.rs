@@ -46,7 +46,7 @@ async fn prepare(
 ) -> Result<Prepared, Error> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let mut request: ChatCompletionRequest = parse(&body)?;
-    let params = validate(request.take_params(), request.max_completion_tokens)?;
+    let params = validate(request.take_params()?, request.max_completion_tokens)?;
     if request.messages.is_none() {
         return Err(Error::invalid("messages", "`messages` is required"));
     }

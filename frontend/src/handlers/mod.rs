@@ -23,6 +23,7 @@ use crate::config::FrontendConfig;
 use crate::error::Error;
 use crate::generation::{Generation, GenerationSetup, Step};
 use crate::kv_router::KvRouter;
+use crate::logprobs::LogprobsOut;
 use crate::metrics::RequestTracker;
 use crate::models::{ModelEntry, ModelRegistry};
 use crate::openai::params::{RequestParams, resolve_max_tokens};
@@ -161,6 +162,13 @@ pub(crate) async fn launch(
             stop: params.stop.clone(),
             stop_token_ids: params.stop_token_ids,
             ignore_eos: params.ignore_eos,
+            presence_penalty: params.presence_penalty,
+            frequency_penalty: params.frequency_penalty,
+            repetition_penalty: params.repetition_penalty,
+            min_p: params.min_p,
+            logit_bias: params.logit_bias,
+            logprobs: params.logprobs,
+            response_format: params.response_format,
         }),
         disaggregated: None,
         deadline_ms: 0,
@@ -191,7 +199,9 @@ pub(crate) async fn launch(
         dispatched_at,
     };
     let generation = Generation::new(dispatched, setup, tracker);
-    let shaping = Shaping { meta, kind, include_usage: params.include_usage, nvext, output };
+    let logprobs = params.logprobs.map(|_| LogprobsOut::new(preprocessor.clone(), kind));
+    let shaping =
+        Shaping { meta, kind, include_usage: params.include_usage, nvext, output, logprobs };
     Ok(Launched { generation, shaping, stream: params.stream })
 }
 

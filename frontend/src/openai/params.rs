@@ -6,6 +6,8 @@ use crate::openai::request::CommonParams;
 
 /// Stop strings accepted per request; bounds the work of matching them on every token.
 const MAX_STOP_STRINGS: usize = 32;
+/// Most alternatives per token in log probabilities (OpenAI's limit for chat).
+const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// The validated fields of a request.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +27,15 @@ pub(crate) struct RequestParams {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: std::collections::HashMap<u32, f32>,
+    /// Alternatives per token when log probabilities are wanted.
+    pub logprobs: Option<u32>,
+    /// `response_format` as JSON; empty for none.
+    pub response_format: String,
 }
 
 /// Checks `params`; `max_completion_tokens` (chat only) wins over `max_tokens`.
@@ -93,6 +104,62 @@ pub(crate) fn validate(
             format!("at most {MAX_STOP_STRINGS} stop strings are supported, got {}", stop.len()),
         ));
     }
+    for (name, value, range) in [
+        ("presence_penalty", params.presence_penalty, -2.0..=2.0),
+        ("frequency_penalty", params.frequency_penalty, -2.0..=2.0),
+        ("min_p", params.min_p, 0.0..=1.0),
+    ] {
+        if let Some(v) = value
+            && !range.contains(&v)
+        {
+            return Err(Error::invalid(
+                name,
+                format!("{name} must be in [{}, {}], got {v}", range.start(), range.end()),
+            ));
+        }
+    }
+    if let Some(p) = params.repetition_penalty
+        && !(p > 0.0 && p <= 2.0)
+    {
+        return Err(Error::invalid(
+            "repetition_penalty",
+            format!("repetition_penalty must be in (0, 2], got {p}"),
+        ));
+    }
+    let mut logit_bias = std::collections::HashMap::new();
+    for (key, bias) in params.logit_bias.unwrap_or_default() {
+        let id: u32 = key.parse().map_err(|_| {
+            Error::invalid("logit_bias", format!("logit_bias keys are token ids, got `{key}`"))
+        })?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(Error::invalid(
+                "logit_bias",
+                format!("logit_bias values must be in [-100, 100], got {bias} for token {id}"),
+            ));
+        }
+        logit_bias.insert(id, bias);
+    }
+    if let Some(k) = params.logprobs
+        && k > MAX_TOP_LOGPROBS
+    {
+        return Err(Error::invalid(
+            "logprobs",
+            format!("at most {MAX_TOP_LOGPROBS} alternatives per token are supported, got {k}"),
+        ));
+    }
+    let response_format = match params.response_format {
+        None => String::new(),
+        Some(format) => match format.get("type").and_then(serde_json::Value::as_str) {
+            Some("text") => String::new(),
+            Some("json_object" | "json_schema") => format.to_string(),
+            _ => {
+                return Err(Error::invalid(
+                    "response_format",
+                    "response_format.type must be text, json_object or json_schema",
+                ));
+            }
+        },
+    };
     Ok(RequestParams {
         stream: params.stream.unwrap_or(false),
         include_usage: params.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -106,6 +173,13 @@ pub(crate) fn validate(
         stop,
         stop_token_ids: params.stop_token_ids.unwrap_or_default(),
         ignore_eos: params.ignore_eos.unwrap_or(false),
+        presence_penalty: params.presence_penalty,
+        frequency_penalty: params.frequency_penalty,
+        repetition_penalty: params.repetition_penalty,
+        min_p: params.min_p,
+        logit_bias,
+        logprobs: params.logprobs,
+        response_format,
     })
 }
 
@@ -176,6 +250,29 @@ mod tests {
         assert_eq!(param_of(p(|c| c.top_k = Some(-2))).as_deref(), Some("top_k"));
         assert_eq!(param_of(p(|c| c.max_tokens = Some(0))).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(p(|c| c.n = Some(2))).as_deref(), Some("n"));
+        assert_eq!(
+            param_of(p(|c| c.presence_penalty = Some(3.0))).as_deref(),
+            Some("presence_penalty")
+        );
+        assert_eq!(param_of(p(|c| c.min_p = Some(1.5))).as_deref(), Some("min_p"));
+        assert_eq!(
+            param_of(p(|c| c.repetition_penalty = Some(0.0))).as_deref(),
+            Some("repetition_penalty")
+        );
+        assert_eq!(
+            param_of(p(|c| c.logit_bias = Some([("x".to_owned(), 1.0)].into()))).as_deref(),
+            Some("logit_bias")
+        );
+        assert_eq!(
+            param_of(p(|c| c.logit_bias = Some([("5".to_owned(), 101.0)].into()))).as_deref(),
+            Some("logit_bias")
+        );
+        assert_eq!(param_of(p(|c| c.logprobs = Some(21))).as_deref(), Some("logprobs"));
+        assert_eq!(
+            param_of(p(|c| c.response_format = Some(serde_json::json!({"type": "xml"}))))
+                .as_deref(),
+            Some("response_format")
+        );
         assert_eq!(
             param_of(p(|c| {
                 c.max_tokens = Some(2);

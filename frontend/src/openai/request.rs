@@ -102,6 +102,15 @@ pub(crate) struct ChatCompletionRequest {
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    pub response_format: Option<serde_json::Value>,
+    /// Chat: whether to return log probabilities; `top_logprobs` says how many alternatives.
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
 }
 
 /// `POST /v1/completions`.
@@ -133,6 +142,14 @@ pub(crate) struct CompletionRequest {
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    pub response_format: Option<serde_json::Value>,
+    /// Completions: how many alternatives to return with each token's log probability.
+    pub logprobs: Option<u32>,
 }
 
 /// Sampling and streaming fields both endpoints share, moved out of either request (the
@@ -152,6 +169,15 @@ pub(crate) struct CommonParams {
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    pub response_format: Option<serde_json::Value>,
+    /// Alternatives per token when log probabilities are wanted (chat's `top_logprobs`,
+    /// completions' `logprobs`); `None`: no log probabilities.
+    pub logprobs: Option<u32>,
 }
 
 macro_rules! take_common_params {
@@ -169,6 +195,13 @@ macro_rules! take_common_params {
             stop_token_ids: $request.stop_token_ids.take(),
             ignore_eos: $request.ignore_eos.take(),
             min_tokens: $request.min_tokens.take(),
+            presence_penalty: $request.presence_penalty.take(),
+            frequency_penalty: $request.frequency_penalty.take(),
+            repetition_penalty: $request.repetition_penalty.take(),
+            min_p: $request.min_p.take(),
+            logit_bias: $request.logit_bias.take(),
+            response_format: $request.response_format.take(),
+            logprobs: None,
         }
     };
 }
@@ -186,16 +219,29 @@ impl ChatCompletionRequest {
         }
     }
 
-    /// Moves the shared fields out.
-    pub fn take_params(&mut self) -> CommonParams {
-        take_common_params!(self)
+    /// Moves the shared fields out; `top_logprobs` without `logprobs: true` is a 400.
+    pub fn take_params(&mut self) -> Result<CommonParams, Error> {
+        let mut params = take_common_params!(self);
+        params.logprobs = match (self.logprobs, self.top_logprobs) {
+            (Some(true), top) => Some(top.unwrap_or(0)),
+            (_, None | Some(0)) => None,
+            (_, Some(_)) => {
+                return Err(Error::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs set to true",
+                ));
+            }
+        };
+        Ok(params)
     }
 }
 
 impl CompletionRequest {
     /// Moves the shared fields out.
     pub fn take_params(&mut self) -> CommonParams {
-        take_common_params!(self)
+        let mut params = take_common_params!(self);
+        params.logprobs = self.logprobs.take();
+        params
     }
 }
 
@@ -392,7 +438,7 @@ mod tests {
     #[test]
     fn stop_and_seed_forms() {
         let mut req = chat(r#"{"stop":"x","seed":-1}"#).expect("parses");
-        let params = req.take_params();
+        let params = req.take_params().expect("valid");
         assert_eq!(params.stop.expect("stop").0, vec!["x".to_owned()]);
         assert_eq!(params.seed.expect("seed").0, u64::MAX);
         let req = chat(r#"{"stop":["a","b"],"seed":7}"#).expect("parses");

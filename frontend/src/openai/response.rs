@@ -56,7 +56,7 @@ pub(crate) struct ChatCompletion<'a> {
 pub(crate) struct ChatChoice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: &'static str,
 }
 
@@ -128,7 +128,7 @@ pub(crate) struct ChatCompletionChunk<'a> {
 pub(crate) struct ChatChunkChoice<'a> {
     pub index: u32,
     pub delta: ChatDelta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -162,7 +162,7 @@ pub(crate) struct Completion<'a> {
 pub(crate) struct CompletionChoice<'a> {
     pub index: u32,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
 }
 

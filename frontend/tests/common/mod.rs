@@ -172,7 +172,11 @@ fn error_chunk(seq: u64, kind: ErrorKind) -> GenerateChunk {
     GenerateChunk {
         seq,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message: format!("scripted {kind:?}") }),
+        error: Some(WorkerError {
+            kind: kind.into(),
+            message: format!("scripted {kind:?}"),
+            ..Default::default()
+        }),
         ..GenerateChunk::default()
     }
 }

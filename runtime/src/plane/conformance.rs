@@ -148,7 +148,11 @@ impl GenerateHandler for TestHandler {
                         chunk.token_ids.clear();
                         chunk.finish_reason = FinishReason::Error.into();
                         let message = "scripted failure".to_owned();
-                        chunk.error = Some(WorkerError { kind: ErrorKind::Engine.into(), message });
+                        chunk.error = Some(WorkerError {
+                            kind: ErrorKind::Engine.into(),
+                            message,
+                            ..Default::default()
+                        });
                     }
                     Script::EndEarly => {}
                 }

@@ -45,7 +45,7 @@ pub(crate) fn error_chunk(seq: u64, kind: ErrorKind, message: String) -> Generat
     GenerateChunk {
         seq,
         finish_reason: FinishReason::Error.into(),
-        error: Some(WorkerError { kind: kind.into(), message }),
+        error: Some(WorkerError { kind: kind.into(), message, ..Default::default() }),
         ..GenerateChunk::default()
     }
 }

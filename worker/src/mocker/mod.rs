@@ -143,6 +143,28 @@ impl MockerEngine {
     }
 }
 
+/// The mocker emits pseudo-random tokens: parameters that shape a real model's distribution
+/// (or ask for its probabilities) cannot be honoured, so they are refused by name rather than
+/// silently ignored.
+fn refuse_unsimulated(s: &switchyard_proto::SamplingParams) -> Result<()> {
+    let refused = [
+        ("logprobs", s.logprobs.is_some()),
+        ("response_format", !s.response_format.is_empty()),
+        ("logit_bias", !s.logit_bias.is_empty()),
+        ("presence_penalty", s.presence_penalty.is_some_and(|p| p != 0.0)),
+        ("frequency_penalty", s.frequency_penalty.is_some_and(|p| p != 0.0)),
+        ("repetition_penalty", s.repetition_penalty.is_some_and(|p| p != 1.0)),
+        ("min_p", s.min_p.is_some_and(|p| p != 0.0)),
+    ];
+    match refused.into_iter().find(|(_, set)| *set) {
+        Some((param, _)) => Err(Error::param(
+            param,
+            format!("{param} is not supported by the simulated engine (its tokens are random)"),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[async_trait]
 impl Engine for MockerEngine {
     fn card(&self) -> &ModelCard {
@@ -156,6 +178,9 @@ impl Engine for MockerEngine {
     ) -> Result<EngineStream, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
+        }
+        if let Some(sampling) = &request.sampling {
+            refuse_unsimulated(sampling)?;
         }
         let (output, output_rx) = mpsc::unbounded_channel();
         // A child: dropping the stream cancels it without touching the caller's token.

@@ -427,7 +427,11 @@ fn error_chunk(seq: &Sequence, kind: ErrorKind, message: &str) -> GenerateChunk 
     GenerateChunk {
         finish_reason: FinishReason::Error as i32,
         usage: Some(seq.usage()),
-        error: Some(WorkerError { kind: kind as i32, message: message.to_owned() }),
+        error: Some(WorkerError {
+            kind: kind as i32,
+            message: message.to_owned(),
+            ..Default::default()
+        }),
         ..GenerateChunk::default()
     }
 }

@@ -47,6 +47,7 @@ impl Stream for OutputStream {
                     error: Some(WorkerError {
                         kind: ErrorKind::ShuttingDown as i32,
                         message: "the mocker engine stopped before the request finished".to_owned(),
+                        ..Default::default()
                     }),
                     ..GenerateChunk::default()
                 }))

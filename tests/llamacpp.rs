@@ -1,0 +1,204 @@
+//! End-to-end through real engines: the real binary's frontend and workers wrapping two
+//! llama.cpp `llama-server`s (built by `scripts/setup.sh`) serving the tiny model. Chat and
+//! completions, streamed and not, give the same greedy text and usage as the engine itself; a
+//! client that goes away stops the engine's work; an engine killed under its worker takes the
+//! worker out of routing without failing any request that had not started.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../worker/tests/support/llama_server.rs"]
+mod llama_server;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use llama_server::{LlamaServer, tiny_model};
+use serde_json::{Value, json};
+use support::{Mode, Proc, Topology, WAIT, post_json, post_sse, spawn};
+
+/// Starts a worker wrapping the llama-server at `url`, on the topology's store.
+fn llamacpp_worker(topology: &Topology, url: &str) -> Proc {
+    let model = tiny_model();
+    let mut args = vec![
+        "worker",
+        "--engine",
+        "llamacpp",
+        "--engine-url",
+        url,
+        "--model-path",
+        model.to_str().unwrap(),
+        "--model-name",
+        "tiny",
+        "--lease-ttl-secs",
+        "2",
+        "--drain-timeout-secs",
+        "5",
+    ];
+    let flags: Vec<&str> = topology.servers.store_flags.iter().map(String::as_str).collect();
+    args.extend_from_slice(&flags);
+    spawn("llamacpp worker", &args)
+}
+
+/// A frontend and two workers over two llama-servers.
+async fn start() -> (Topology, Vec<LlamaServer>) {
+    let (a, b) = tokio::join!(LlamaServer::start(&[]), LlamaServer::start(&[]));
+    let mut topology =
+        Topology::start_on(Mode::FILE_TCP, &[], &["--router-mode", "round-robin"]).await;
+    for server in [&a, &b] {
+        let worker = llamacpp_worker(&topology, &server.url);
+        topology.workers.push(worker);
+    }
+    topology.wait_instances(2).await;
+    (topology, vec![a, b])
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Tell me about the print statement."}],
+        "max_tokens": 16, "temperature": 0, "ignore_eos": true, "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+fn completion_body(stream: bool) -> Value {
+    json!({
+        "model": "tiny", "prompt": "The for statement is used to iterate over",
+        "max_tokens": 16, "temperature": 0, "ignore_eos": true, "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+/// Text and usage of a response, streamed or not.
+async fn text_and_usage(http: &reqwest::Client, url: &str, body: &Value) -> (String, Value) {
+    if body["stream"] == json!(true) {
+        let (status, events) = post_sse(http, url, body).await;
+        assert_eq!(status, 200, "{events:?}");
+        let mut text = String::new();
+        let mut usage = Value::Null;
+        for event in events.iter().filter(|e| *e != "[DONE]") {
+            let v: Value = serde_json::from_str(event).unwrap();
+            if let Some(choice) = v["choices"].get(0) {
+                let piece = choice["delta"]["content"].as_str().or(choice["text"].as_str());
+                text.push_str(piece.unwrap_or_default());
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+            }
+        }
+        (text, usage)
+    } else {
+        let (status, v) = post_json(http, url, body).await;
+        assert_eq!(status, 200, "{v}");
+        let choice = &v["choices"][0];
+        let text = choice["message"]["content"].as_str().or(choice["text"].as_str()).unwrap();
+        (text.to_owned(), v["usage"].clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_completions_give_the_engines_own_greedy_text_and_usage() {
+    let (topology, servers) = start().await;
+    let http = &topology.http;
+    for stream in [false, true] {
+        for (path, body) in [
+            ("/v1/chat/completions", chat_body(stream)),
+            ("/v1/completions", completion_body(stream)),
+        ] {
+            let direct = text_and_usage(http, &format!("{}{path}", servers[0].url), &body).await;
+            // Twice, so that both workers (round-robin) answer.
+            for _ in 0..2 {
+                let ours = text_and_usage(http, &format!("{}{path}", topology.url), &body).await;
+                assert_eq!(ours.0, direct.0, "{path} stream={stream}: same greedy text");
+                for key in ["prompt_tokens", "completion_tokens"] {
+                    assert_eq!(ours.1[key], direct.1[key], "{path} stream={stream}: {key}");
+                }
+                assert_eq!(ours.1["completion_tokens"], json!(16));
+            }
+        }
+    }
+    // Log probabilities come back in OpenAI's shape.
+    let mut body = chat_body(false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let (status, v) = topology.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 16);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+    // A parameter llama.cpp cannot honour is a 400 naming it.
+    let mut body = completion_body(false);
+    body["min_tokens"] = json!(3);
+    let (status, v) = topology.post("/v1/completions", &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], json!("min_tokens"));
+}
+
+/// Decode steps of both engines so far (their own counter).
+async fn decodes(servers: &[LlamaServer]) -> f64 {
+    let mut sum = 0.0;
+    for server in servers {
+        sum += server.metric("llamacpp:n_decode_total").await;
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_stops_the_engines_work() {
+    let (topology, servers) = start().await;
+    let decodes_before = decodes(&servers).await;
+    let mut body = completion_body(true);
+    body["max_tokens"] = json!(1900);
+    let response = topology
+        .http
+        .post(format!("{}/v1/completions", topology.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    }
+    drop(stream);
+    // The engines' own metrics: nothing processing, and decoding stopped well short of 1,900.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let busy = servers[0].metric("llamacpp:requests_processing").await
+            + servers[1].metric("llamacpp:requests_processing").await;
+        if busy == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the engine still processes the request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = decodes(&servers).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(decodes(&servers).await, after, "no more decoding after the client left");
+    assert!(
+        after - decodes_before < 1000.0,
+        "stopped early: {} decode steps",
+        after - decodes_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engine_takes_its_worker_out_and_no_new_request_fails() {
+    let (topology, mut servers) = start().await;
+    servers[0].kill();
+    // Requests right after the kill: those routed to the dead engine's worker are turned away
+    // before they start, and the frontend sends them to the other worker.
+    let mut sent = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (status, v) = topology.post("/v1/completions", &completion_body(false)).await;
+        assert_eq!(status, 200, "request {sent} after the kill failed: {v}");
+        sent += 1;
+    }
+    assert!(sent >= 4, "{sent} requests");
+    // The worker leaves discovery.
+    topology.wait_instances(1).await;
+}
