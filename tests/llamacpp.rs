@@ -2,7 +2,9 @@
 //! llama.cpp `llama-server`s (built by `scripts/setup.sh`) serving the tiny model. Chat and
 //! completions, streamed and not, give the same greedy text and usage as the engine itself; a
 //! client that goes away stops the engine's work; an engine killed under its worker takes the
-//! worker out of routing without failing any request that had not started.
+//! worker out of routing without failing any request that had not started; a prefill worker
+//! and a decode worker over two servers give the text of one server; an engine the worker
+//! launched dies with it, even when the worker is killed with SIGKILL.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,19 +15,23 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use llama_server::{LlamaServer, tiny_model};
+use llama_server::{LlamaServer, llama_server_bin, tiny_model};
 use serde_json::{Value, json};
 use support::{Mode, Proc, Topology, WAIT, post_json, post_sse, spawn};
 
 /// Starts a worker wrapping the llama-server at `url`, on the topology's store.
 fn llamacpp_worker(topology: &Topology, url: &str) -> Proc {
+    llamacpp_worker_with(topology, &["--engine-url", url])
+}
+
+/// A llama.cpp worker on the topology's store, with `extra` flags (the engine's URL, or
+/// `--launch -- …` last).
+fn llamacpp_worker_with(topology: &Topology, extra: &[&str]) -> Proc {
     let model = tiny_model();
     let mut args = vec![
         "worker",
         "--engine",
         "llamacpp",
-        "--engine-url",
-        url,
         "--model-path",
         model.to_str().unwrap(),
         "--model-name",
@@ -37,6 +43,7 @@ fn llamacpp_worker(topology: &Topology, url: &str) -> Proc {
     ];
     let flags: Vec<&str> = topology.servers.store_flags.iter().map(String::as_str).collect();
     args.extend_from_slice(&flags);
+    args.extend_from_slice(extra);
     spawn("llamacpp worker", &args)
 }
 
@@ -201,4 +208,112 @@ async fn a_killed_engine_takes_its_worker_out_and_no_new_request_fails() {
     assert!(sent >= 4, "{sent} requests");
     // The worker leaves discovery.
     topology.wait_instances(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_over_two_llama_servers_gives_one_servers_text() {
+    // llama.cpp hands a prompt's KV over as a slot file in a directory both servers share.
+    let slots = tempfile::tempdir().unwrap();
+    let slot_path = format!("{}/", slots.path().display());
+    let args = ["-np", "1", "--slot-save-path", &slot_path];
+    let (prefill, decode) = tokio::join!(LlamaServer::start(&args), LlamaServer::start(&args));
+    // Every prompt goes to the prefill worker: none is short enough to stay on the decode one.
+    let mut topology =
+        Topology::start_on(Mode::FILE_TCP, &[], &["--max-local-prefill-tokens", "0"]).await;
+    let slot_dir = slots.path().to_str().unwrap();
+    for (server, role) in [(&prefill, "prefill"), (&decode, "decode")] {
+        let flags = ["--engine-url", &server.url, "--role", role, "--engine-slot-dir", slot_dir];
+        let worker = llamacpp_worker_with(&topology, &flags);
+        topology.workers.push(worker);
+    }
+    topology.wait_instances(2).await;
+    let http = &topology.http;
+    let mut sent = 0.0;
+    for stream in [false, true] {
+        for (path, body) in [
+            ("/v1/chat/completions", chat_body(stream)),
+            ("/v1/completions", completion_body(stream)),
+        ] {
+            let direct = text_and_usage(http, &format!("{}{path}", decode.url), &body).await;
+            let ours = text_and_usage(http, &format!("{}{path}", topology.url), &body).await;
+            assert_eq!(ours.0, direct.0, "{path} stream={stream}: same greedy text");
+            for key in ["prompt_tokens", "completion_tokens"] {
+                assert_eq!(ours.1[key], direct.1[key], "{path} stream={stream}: {key}");
+            }
+            sent += 1.0;
+        }
+    }
+    let metrics = topology.metrics().await;
+    let count = |prefix: &str| -> f64 {
+        let lines = metrics.lines().filter(|l| l.starts_with(prefix));
+        lines.filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
+    };
+    let remote = "switchyard_frontend_prefills_total{place=\"remote\"";
+    assert_eq!(count(remote), sent, "every request prefilled remotely: {metrics}");
+    assert_eq!(count("switchyard_frontend_prefill_fallbacks_total"), 0.0, "{metrics}");
+}
+
+/// Processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command's name in parentheses: state, then the parent's pid.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        state != Some("Z")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launched_engine_dies_with_its_worker_even_on_sigkill() {
+    let topology = Topology::start_on(Mode::FILE_TCP, &[], &[]).await;
+    let gguf = tiny_model().join("tiny.gguf");
+    let server = llama_server_bin();
+    let worker = llamacpp_worker_with(
+        &topology,
+        &[
+            "--launch",
+            "--",
+            server.to_str().unwrap(),
+            "-m",
+            gguf.to_str().unwrap(),
+            "--alias",
+            "tiny",
+            "-t",
+            "1",
+            "-c",
+            "2048",
+        ],
+    );
+    topology.wait_instances(1).await;
+    let engines = children_of(worker.pid());
+    assert_eq!(engines.len(), 1, "one engine process under the worker: {engines:?}");
+    let (status, v) = topology.post("/v1/completions", &completion_body(false)).await;
+    assert_eq!(status, 200, "{v}");
+
+    worker.signal(nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + WAIT;
+    while running(engines[0]) {
+        if Instant::now() > deadline {
+            // Stop the orphan before failing, so the failure leaves nothing running.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(engines[0]),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the engine outlived its worker");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -35,6 +35,8 @@ async fn a_worker_reports_live_health_and_metrics_and_the_probe_agrees() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(body["status"], "serving", "{body}");
+    // The GPUs it sees: none on a machine without a CUDA driver, but always the list.
+    assert!(body["gpus"].is_array(), "{body}");
     assert_eq!(body["instance"], "w-status", "{body}");
     assert_eq!(http.get(url("/live")).send().await.unwrap().status(), 200);
     let metrics = http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();

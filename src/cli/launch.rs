@@ -120,6 +120,7 @@ fn spawn(command: &[String]) -> anyhow::Result<Child> {
         // Its own process group, so stopping it reaches the processes it starts too.
         .process_group(0)
         .kill_on_drop(true);
+    stop_with_parent(&mut cmd);
     // The seed's deployments set HF_TOKEN; some engines read only the older name.
     if let Some(token) = env::compat(env::HF_TOKEN)
         && env::compat(env::HUGGING_FACE_HUB_TOKEN).is_none()
@@ -127,6 +128,27 @@ fn spawn(command: &[String]) -> anyhow::Result<Child> {
         cmd.env(env::HUGGING_FACE_HUB_TOKEN, token);
     }
     cmd.spawn().with_context(|| format!("starting the engine `{}`", command[0]))
+}
+
+/// Has the kernel send the engine SIGTERM when this worker dies, however it dies: a worker
+/// killed with SIGKILL runs no shutdown, and its engine would outlive it, holding the GPU.
+/// (The signal follows the thread that forked; it is a runtime thread, which lives as long as
+/// the worker.)
+#[allow(unsafe_code)]
+fn stop_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure only makes two system calls (prctl, getppid)
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // The worker died before the prctl took effect: nobody will send the signal.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Copies the engine's output lines into this process's log.

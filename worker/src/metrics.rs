@@ -5,7 +5,7 @@
 
 use metrics::{Counter, Gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
-use switchyard_proto::LoadReport;
+use switchyard_proto::{GpuInfo, LoadReport};
 
 /// 1 while the instance record is in the store (lease kept alive), else 0.
 pub const REGISTERED: &str = "switchyard_worker_registered";
@@ -25,6 +25,10 @@ pub const KV_TOTAL_BLOCKS: &str = "switchyard_worker_kv_total_blocks";
 pub const PREFIX_CACHE_HIT_BLOCKS: &str = "switchyard_worker_prefix_cache_hit_blocks_total";
 /// Prompt blocks looked up in the prefix cache, since start.
 pub const PREFIX_CACHE_LOOKUP_BLOCKS: &str = "switchyard_worker_prefix_cache_lookup_blocks_total";
+/// Memory of each GPU the worker sees, labelled with its CUDA ordinal, name and UUID.
+pub const GPU_MEMORY_TOTAL: &str = "switchyard_worker_gpu_memory_total_bytes";
+/// Free memory of each GPU when the worker started (engines take most of it afterwards).
+pub const GPU_MEMORY_FREE_AT_START: &str = "switchyard_worker_gpu_memory_free_at_start_bytes";
 
 /// What a scrape reads from the worker besides the engine's load.
 #[derive(Debug, Clone, Copy)]
@@ -54,11 +58,22 @@ struct Handles {
 }
 
 impl WorkerMetrics {
-    pub fn new(instance_id: &str, model: &str) -> WorkerMetrics {
+    #[allow(clippy::cast_precision_loss)]
+    pub fn new(instance_id: &str, model: &str, gpus: &[GpuInfo]) -> WorkerMetrics {
         let recorder = PrometheusBuilder::new().build_recorder();
         let labels = [("instance", instance_id.to_owned()), ("model", model.to_owned())];
         let handles = metrics::with_local_recorder(&recorder, || {
             describe();
+            // The inventory is taken once, at start: set once, never touched again.
+            for gpu in gpus {
+                let mut labels = labels.to_vec();
+                labels.push(("gpu", gpu.index.to_string()));
+                labels.push(("name", gpu.name.clone()));
+                labels.push(("uuid", gpu.uuid.clone()));
+                metrics::gauge!(GPU_MEMORY_TOTAL, &labels).set(gpu.memory_total_bytes as f64);
+                metrics::gauge!(GPU_MEMORY_FREE_AT_START, &labels)
+                    .set(gpu.memory_free_bytes as f64);
+            }
             Handles {
                 registered: metrics::gauge!(REGISTERED, &labels),
                 draining: metrics::gauge!(DRAINING, &labels),
@@ -103,4 +118,36 @@ fn describe() {
     metrics::describe_gauge!(KV_TOTAL_BLOCKS, Unit::Count, "KV cache size in blocks");
     metrics::describe_counter!(PREFIX_CACHE_HIT_BLOCKS, "Prompt blocks found in the prefix cache");
     metrics::describe_counter!(PREFIX_CACHE_LOOKUP_BLOCKS, "Prompt blocks looked up");
+    metrics::describe_gauge!(GPU_MEMORY_TOTAL, Unit::Bytes, "Memory of each GPU the worker sees");
+    metrics::describe_gauge!(
+        GPU_MEMORY_FREE_AT_START,
+        Unit::Bytes,
+        "Free memory of each GPU when the worker started"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_gpu_is_a_labelled_series_and_none_leaves_no_series() {
+        let gpu = GpuInfo {
+            index: 1,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            uuid: "GPU-1234".into(),
+            memory_total_bytes: 85_520_809_984,
+            memory_free_bytes: 84_000_000_000,
+        };
+        let state = ServiceState { registered: true, draining: false, in_flight: 0 };
+        let page = WorkerMetrics::new("w-1", "m", &[gpu]).render(state, None);
+        let series = format!(
+            "{GPU_MEMORY_TOTAL}{{instance=\"w-1\",model=\"m\",gpu=\"1\",name=\"NVIDIA H100 80GB \
+             HBM3\",uuid=\"GPU-1234\"}} 85520809984"
+        );
+        assert!(page.contains(&series), "{page}");
+        assert!(page.contains(&format!("{GPU_MEMORY_FREE_AT_START}{{")), "{page}");
+        let page = WorkerMetrics::new("w-1", "m", &[]).render(state, None);
+        assert!(!page.contains(&format!("{GPU_MEMORY_TOTAL}{{")), "{page}");
+    }
 }

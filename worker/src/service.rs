@@ -240,7 +240,8 @@ pub async fn serve(
     );
     if let Some(status) = &config.status {
         let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
-        status.serving(&record.instance_id, registration.lease_health(), engine, in_flight);
+        let lease = registration.lease_health();
+        status.serving(&record.instance_id, lease, engine, in_flight, &config.gpus);
     }
 
     let mut registration = Some(registration);

@@ -1,6 +1,6 @@
 //! The worker's status port (`--metrics-port`): `/live` (the process answers), `/health`
-//! (200 while registered and serving, else 503 with the reason) and `/metrics` (Prometheus
-//! text), for container health checks, orchestrator probes and scrapers.
+//! (200 while registered and serving, else 503 with the reason; the GPUs the worker sees) and
+//! `/metrics` (Prometheus text), for container health checks, orchestrator probes and scrapers.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use switchyard_proto::GpuInfo;
 use switchyard_runtime::LeaseHealth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ struct Serving {
     engine: Arc<dyn Engine>,
     in_flight: TaskTracker,
     metrics: WorkerMetrics,
+    gpus: Vec<GpuInfo>,
 }
 
 impl WorkerStatus {
@@ -55,10 +57,12 @@ impl WorkerStatus {
         lease: Arc<LeaseHealth>,
         engine: Arc<dyn Engine>,
         in_flight: TaskTracker,
+        gpus: &[GpuInfo],
     ) {
-        let metrics = WorkerMetrics::new(instance_id, &engine.card().model);
-        let serving =
-            Serving { instance_id: instance_id.to_owned(), lease, engine, in_flight, metrics };
+        let metrics = WorkerMetrics::new(instance_id, &engine.card().model, gpus);
+        let instance_id = instance_id.to_owned();
+        let gpus = gpus.to_vec();
+        let serving = Serving { instance_id, lease, engine, in_flight, metrics, gpus };
         // A worker registers once; a second call would be a bug, and the first state stands.
         let _ = self.serving.set(serving);
         self.phase.store(SERVING, Ordering::Relaxed);
@@ -100,9 +104,11 @@ async fn live() -> Response {
 
 async fn health(State(status): State<Arc<WorkerStatus>>) -> Response {
     let (healthy, word) = status.health();
-    let instance = status.serving.get().map(|s| s.instance_id.as_str());
+    let serving = status.serving.get();
+    let instance = serving.map(|s| s.instance_id.as_str());
+    let gpus = serving.map_or(&[][..], |s| &s.gpus);
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(code, serde_json::json!({"status": word, "instance": instance}))
+    json(code, serde_json::json!({"status": word, "instance": instance, "gpus": gpus}))
 }
 
 async fn metrics(State(status): State<Arc<WorkerStatus>>) -> Response {

@@ -135,15 +135,15 @@ impl HttpClient {
         Ok(sender)
     }
 
-    /// An idle connection that is still open, else a new one.
-    async fn checkout(&self) -> Result<Sender, Failure> {
+    /// An idle connection that is still open (and `true`), else a new one.
+    async fn checkout(&self) -> Result<(Sender, bool), Failure> {
         loop {
             let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
             let Some(mut sender) = idle else {
-                return self.connect().await;
+                return Ok((self.connect().await?, false));
             };
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, true));
             }
         }
     }
@@ -167,20 +167,33 @@ impl HttpClient {
         t0: Instant,
         record: &mut RequestRecord,
     ) -> Result<(), Failure> {
-        let mut sender = self.checkout().await?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        let request = request.body(Full::new(body)).map_err(|e| io_failure(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| io_failure(&e))?;
+        let build = || {
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(uri.clone())
+                .header(HOST, self.host.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(auth) = &self.auth {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            request.body(Full::new(body.clone())).map_err(|e| io_failure(&e))
+        };
+        let (mut sender, reused) = self.checkout().await?;
+        let response = match sender.send_request(build()?).await {
+            Ok(response) => response,
+            // A kept-alive connection the server closed as the request went out, before any
+            // answer (llama.cpp's server closes one after every streamed response without
+            // saying so): the server never read the request, so it goes out again, once, on a
+            // new connection. bench_serving opens a connection per request and never meets it.
+            Err(e) if reused && (e.is_incomplete_message() || e.is_canceled()) => {
+                sender = self.connect().await?;
+                sender.send_request(build()?).await.map_err(|e| io_failure(&e))?
+            }
+            Err(e) => return Err(io_failure(&e)),
+        };
         if response.status() != StatusCode::OK {
             return Err(status_failure(response).await);
         }

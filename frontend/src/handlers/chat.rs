@@ -112,11 +112,11 @@ pub(crate) fn parse_tool_calls(
         Some(serde_json::Value::String(choice)) if choice == "none" => Ok(false),
         Some(serde_json::Value::String(choice)) if choice == "required" => Err(Error::invalid(
             "tool_choice",
-            "tool_choice `required` needs constrained decoding, which this model's engines do              not offer; use `auto`",
+            "tool_choice `required` needs constrained decoding, which this model's engines do not offer; use `auto`",
         )),
         Some(serde_json::Value::Object(_)) => Err(Error::invalid(
             "tool_choice",
-            "a named tool_choice needs constrained decoding, which this model's engines do not              offer; use `auto`",
+            "a named tool_choice needs constrained decoding, which this model's engines do not offer; use `auto`",
         )),
         Some(other) => Err(Error::invalid(
             "tool_choice",

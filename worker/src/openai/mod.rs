@@ -202,7 +202,25 @@ impl OpenAiEngine {
     /// (an unreachable engine is OVERLOADED, so the router tries another worker).
     async fn post(&self, path: &str, body: &serde_json::Value) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let response = self.http.post(&url).json(body).send().await.map_err(|e| {
+        let send = || {
+            let request = self.http.post(&url).json(body);
+            // llama.cpp's server closes the connection after every streamed response without
+            // saying so; asking for that up front keeps such a connection out of the pool.
+            match self.flavour {
+                Flavour::Llamacpp => request.header(reqwest::header::CONNECTION, "close"),
+                _ => request,
+            }
+            .send()
+        };
+        let response = match send().await {
+            Ok(response) => Ok(response),
+            // A kept-alive connection the engine closed as the request went out, with no
+            // answer (an idle timeout racing the request): the engine never read the
+            // request, so it goes out again, once. The pool drops the closed connection.
+            Err(e) if e.is_request() && !e.is_connect() && !e.is_timeout() => send().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 Error::Overloaded(format!("the engine at {} is not reachable: {e}", self.base))
             } else {
