@@ -20,7 +20,8 @@ use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use support::{
-    Mode, PlaneMode, Proc, Servers, WAIT, client, post_json, post_sse, spawn, url_in, wait_for_line,
+    Mode, PlaneMode, Proc, Servers, WAIT, client, free_port, post_json, post_sse, spawn, url_in,
+    wait_for_line,
 };
 use switchyard_proto::worker_event::Event;
 use switchyard_proto::{InstanceRecord, Role, kv_event};
@@ -47,6 +48,8 @@ async fn split_serving_over_nats() {
 struct Namespaced {
     _frontend: Proc,
     workers: Vec<Proc>,
+    /// Each worker's status port, as `http://127.0.0.1:PORT`.
+    status_urls: Vec<String>,
     url: String,
 }
 
@@ -58,21 +61,25 @@ fn start(
 ) -> Namespaced {
     let mut flags: Vec<&str> = servers.store_flags.iter().map(String::as_str).collect();
     flags.extend(["--namespace", namespace, "--lease-ttl-secs", "2"]);
+    let ports: Vec<String> = roles.iter().map(|_| free_port().to_string()).collect();
     let workers = roles
         .iter()
-        .map(|role| {
+        .zip(&ports)
+        .map(|(role, port)| {
             let mut args = vec!["worker", "--model-name", MODEL, "--role", role];
             args.extend_from_slice(&flags);
             args.extend(["--speedup-ratio", "20", "--drain-timeout-secs", "5"]);
+            args.extend(["--metrics-port", port]);
             spawn(&format!("{namespace} {role} worker"), &args)
         })
         .collect();
+    let status_urls = ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
     let mut args = vec!["frontend", "--http-host", "127.0.0.1", "--http-port", "0"];
     args.extend_from_slice(&flags);
     args.extend_from_slice(frontend_extra);
     let mut frontend = spawn(&format!("{namespace} frontend"), &args);
     let url = url_in(&wait_for_line(&mut frontend, "listening on"));
-    Namespaced { _frontend: frontend, workers, url }
+    Namespaced { _frontend: frontend, workers, status_urls, url }
 }
 
 async fn wait_instances(url: &str, n: usize) {
@@ -174,6 +181,11 @@ async fn split_serving(mode: Mode) {
         counter(&scraped, "switchyard_frontend_prefills_total{place=\"remote\"") >= 4.0,
         "{scraped}"
     );
+    // The decode worker's own page counts the hand-offs it pulled.
+    let scraped = scrape(&split.status_urls[1]).await;
+    assert!(counter(&scraped, "switchyard_worker_kv_transfer_bytes_total") > 0.0, "{scraped}");
+    assert!(counter(&scraped, "switchyard_worker_kv_transfer_seconds_count") >= 4.0, "{scraped}");
+    assert_eq!(counter(&scraped, "switchyard_worker_kv_transfer_failures_total"), 0.0);
 
     // A new prompt: its blocks reach the decode worker by hand-off, and show up in its KV
     // events and, while it decodes (long enough for a few load reports), in its load.

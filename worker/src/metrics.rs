@@ -3,9 +3,18 @@
 //! apart. Values that the engine already counts are read at scrape time; counters of the
 //! worker's own events belong here too, as handles made in [`WorkerMetrics::new`].
 
-use metrics::{Counter, Gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use switchyard_proto::{GpuInfo, LoadReport};
+
+use crate::kv_transfer::{TRANSFER_BYTES_TOTAL, TRANSFER_FAILURES_TOTAL, TRANSFER_SECONDS};
+
+/// Buckets of [`TRANSFER_SECONDS`]: from a same-host pull (~1 ms) to a slow link's
+/// gigabytes, up to the default pull timeout.
+const TRANSFER_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// 1 while the instance record is in the store (lease kept alive), else 0.
 pub const REGISTERED: &str = "switchyard_worker_registered";
@@ -55,15 +64,46 @@ struct Handles {
     kv_total: Gauge,
     cache_hits: Counter,
     cache_lookups: Counter,
+    transfer_seconds: Histogram,
+    transfer_bytes: Counter,
+    pull_failures: Counter,
+    import_failures: Counter,
+}
+
+/// Where a KV hand-off failed on the decode worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferFailure {
+    /// Pulling the blocks from the prefill worker.
+    Pull,
+    /// Importing them into the engine.
+    Import,
+}
+
+impl TransferFailure {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferFailure::Pull => "pull",
+            TransferFailure::Import => "import",
+        }
+    }
 }
 
 impl WorkerMetrics {
     #[allow(clippy::cast_precision_loss)]
     pub fn new(instance_id: &str, model: &str, gpus: &[GpuInfo]) -> WorkerMetrics {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(TRANSFER_SECONDS.into()), TRANSFER_BUCKETS)
+            // Fails only for an empty bucket list, which this one is not.
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
         let labels = [("instance", instance_id.to_owned()), ("model", model.to_owned())];
         let handles = metrics::with_local_recorder(&recorder, || {
             describe();
+            let failures = |cause: TransferFailure| {
+                let mut labels = labels.to_vec();
+                labels.push(("cause", cause.name().to_owned()));
+                metrics::counter!(TRANSFER_FAILURES_TOTAL, &labels)
+            };
             // The inventory is taken once, at start: set once, never touched again.
             for gpu in gpus {
                 let mut labels = labels.to_vec();
@@ -84,9 +124,27 @@ impl WorkerMetrics {
                 kv_total: metrics::gauge!(KV_TOTAL_BLOCKS, &labels),
                 cache_hits: metrics::counter!(PREFIX_CACHE_HIT_BLOCKS, &labels),
                 cache_lookups: metrics::counter!(PREFIX_CACHE_LOOKUP_BLOCKS, &labels),
+                transfer_seconds: metrics::histogram!(TRANSFER_SECONDS, &labels),
+                transfer_bytes: metrics::counter!(TRANSFER_BYTES_TOTAL, &labels),
+                pull_failures: failures(TransferFailure::Pull),
+                import_failures: failures(TransferFailure::Import),
             }
         });
         WorkerMetrics { recorder, handles }
+    }
+
+    /// A KV hand-off pulled and imported `bytes` in `took` (decode side).
+    pub fn transfer_done(&self, bytes: u64, took: Duration) {
+        self.handles.transfer_bytes.increment(bytes);
+        self.handles.transfer_seconds.record(took.as_secs_f64());
+    }
+
+    /// A KV hand-off failed; the request is prefilled locally instead.
+    pub fn transfer_failed(&self, cause: TransferFailure) {
+        match cause {
+            TransferFailure::Pull => self.handles.pull_failures.increment(1),
+            TransferFailure::Import => self.handles.import_failures.increment(1),
+        }
     }
 
     /// The Prometheus text page, with the gauges set from `state` and `load` first.
@@ -119,6 +177,17 @@ fn describe() {
     metrics::describe_counter!(PREFIX_CACHE_HIT_BLOCKS, "Prompt blocks found in the prefix cache");
     metrics::describe_counter!(PREFIX_CACHE_LOOKUP_BLOCKS, "Prompt blocks looked up");
     metrics::describe_gauge!(GPU_MEMORY_TOTAL, Unit::Bytes, "Memory of each GPU the worker sees");
+    metrics::describe_histogram!(
+        TRANSFER_SECONDS,
+        Unit::Seconds,
+        "KV hand-offs pulled and imported"
+    );
+    metrics::describe_counter!(
+        TRANSFER_BYTES_TOTAL,
+        Unit::Bytes,
+        "KV bytes pulled from prefill workers"
+    );
+    metrics::describe_counter!(TRANSFER_FAILURES_TOTAL, "KV hand-offs that failed, by cause");
     metrics::describe_gauge!(
         GPU_MEMORY_FREE_AT_START,
         Unit::Bytes,
@@ -149,5 +218,25 @@ mod tests {
         assert!(page.contains(&format!("{GPU_MEMORY_FREE_AT_START}{{")), "{page}");
         let page = WorkerMetrics::new("w-1", "m", &[]).render(state, None);
         assert!(!page.contains(&format!("{GPU_MEMORY_TOTAL}{{")), "{page}");
+    }
+
+    #[test]
+    fn hand_offs_show_as_bytes_a_time_histogram_and_failures_by_cause() {
+        let metrics = WorkerMetrics::new("w-1", "m", &[]);
+        metrics.transfer_done(4096, Duration::from_millis(3));
+        metrics.transfer_done(1024, Duration::from_millis(30));
+        metrics.transfer_failed(TransferFailure::Pull);
+        let state = ServiceState { registered: true, draining: false, in_flight: 0 };
+        let page = metrics.render(state, None);
+        let labels = "instance=\"w-1\",model=\"m\"";
+        for line in [
+            format!("{TRANSFER_BYTES_TOTAL}{{{labels}}} 5120"),
+            format!("{TRANSFER_SECONDS}_bucket{{{labels},le=\"0.005\"}} 1"),
+            format!("{TRANSFER_SECONDS}_count{{{labels}}} 2"),
+            format!("{TRANSFER_FAILURES_TOTAL}{{{labels},cause=\"pull\"}} 1"),
+            format!("{TRANSFER_FAILURES_TOTAL}{{{labels},cause=\"import\"}} 0"),
+        ] {
+            assert!(page.contains(&line), "{line} missing from\n{page}");
+        }
     }
 }

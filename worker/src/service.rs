@@ -30,9 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::kv_transfer::{
-    self, KvPuller, TRANSFER_BYTES_TOTAL, TRANSFER_FAILURES_TOTAL, TRANSFER_SECONDS,
-};
+use crate::kv_transfer::{self, KvPuller};
+use crate::metrics::{TransferFailure, WorkerMetrics};
 use crate::{Engine, Error, Result, WorkerStatus};
 
 /// How a worker presents itself and how long it waits on the way out.
@@ -195,8 +194,11 @@ pub async fn serve(
         gpus: config.gpus.clone(),
     };
 
+    let model = record.card.as_ref().map(|c| c.model.as_str()).unwrap_or_default();
+    let metrics = Arc::new(WorkerMetrics::new(&instance_id, model, &config.gpus));
     let handler = Arc::new(WorkerHandler {
         engine,
+        metrics,
         instance_id: instance_id.clone(),
         kv_transfer_address,
         puller: KvPuller::new(config.kv_pull_timeout),
@@ -241,7 +243,8 @@ pub async fn serve(
     if let Some(status) = &config.status {
         let (engine, in_flight) = (handler.engine.clone(), handler.in_flight.clone());
         let lease = registration.lease_health();
-        status.serving(&record.instance_id, lease, engine, in_flight, &config.gpus);
+        let metrics = handler.metrics.clone();
+        status.serving(&record.instance_id, lease, engine, in_flight, metrics, &config.gpus);
     }
 
     let mut registration = Some(registration);
@@ -371,6 +374,8 @@ impl Drop for ServerTask {
 /// goes away.
 struct WorkerHandler {
     engine: Arc<dyn Engine>,
+    /// This worker's metrics page, shown on the status port.
+    metrics: Arc<WorkerMetrics>,
     instance_id: String,
     /// Where this worker's KvTransfer service is; empty when it serves none.
     kv_transfer_address: String,
@@ -442,19 +447,14 @@ impl WorkerHandler {
             Ok((data, pulled_in)) => {
                 let bytes = data.len() as u64;
                 match transfer.import_kv(handle, data, pulled_in).await {
-                    Ok(()) => {
-                        metrics::counter!(TRANSFER_BYTES_TOTAL).increment(bytes);
-                        Ok(())
-                    }
-                    Err(e) => Err(("import", e)),
+                    Ok(()) => Ok(bytes),
+                    Err(e) => Err((TransferFailure::Import, e)),
                 }
             }
-            Err(e) => Err(("pull", e)),
+            Err(e) => Err((TransferFailure::Pull, e)),
         };
         match result {
-            Ok(()) => {
-                metrics::histogram!(TRANSFER_SECONDS).record(started.elapsed().as_secs_f64());
-            }
+            Ok(bytes) => self.metrics.transfer_done(bytes, started.elapsed()),
             Err((cause, e)) => {
                 warn!(
                     request = %request.request_id,
@@ -462,7 +462,7 @@ impl WorkerHandler {
                     error = %e,
                     "KV hand-off failed; prefilling here"
                 );
-                metrics::counter!(TRANSFER_FAILURES_TOTAL, "cause" => cause).increment(1);
+                self.metrics.transfer_failed(cause);
                 disaggregated.kv_handle = None;
             }
         }

@@ -41,7 +41,7 @@ struct Serving {
     lease: Arc<LeaseHealth>,
     engine: Arc<dyn Engine>,
     in_flight: TaskTracker,
-    metrics: WorkerMetrics,
+    metrics: Arc<WorkerMetrics>,
     gpus: Vec<GpuInfo>,
 }
 
@@ -57,9 +57,9 @@ impl WorkerStatus {
         lease: Arc<LeaseHealth>,
         engine: Arc<dyn Engine>,
         in_flight: TaskTracker,
+        metrics: Arc<WorkerMetrics>,
         gpus: &[GpuInfo],
     ) {
-        let metrics = WorkerMetrics::new(instance_id, &engine.card().model, gpus);
         let instance_id = instance_id.to_owned();
         let gpus = gpus.to_vec();
         let serving = Serving { instance_id, lease, engine, in_flight, metrics, gpus };
