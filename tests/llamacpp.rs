@@ -4,7 +4,8 @@
 //! client that goes away stops the engine's work; an engine killed under its worker takes the
 //! worker out of routing without failing any request that had not started; a prefill worker
 //! and a decode worker over two servers give the text of one server; an engine the worker
-//! launched dies with it, even when the worker is killed with SIGKILL.
+//! launched dies with it, even when the worker is killed with SIGKILL; a forced tool choice
+//! is enforced with the engine's grammar and comes back as tool calls.
 
 #![allow(clippy::unwrap_used)]
 
@@ -316,4 +317,71 @@ async fn a_launched_engine_dies_with_its_worker_even_on_sigkill() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The tool calls and finish reason of a chat response, streamed or not.
+async fn tool_calls(topology: &Topology, body: &Value) -> (Vec<Value>, String) {
+    let url = format!("{}/v1/chat/completions", topology.url);
+    if body["stream"] != json!(true) {
+        let (status, v) = post_json(&topology.http, &url, body).await;
+        assert_eq!(status, 200, "{v}");
+        let choice = &v["choices"][0];
+        let calls = choice["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
+        return (calls, choice["finish_reason"].as_str().unwrap_or_default().to_owned());
+    }
+    let (status, events) = post_sse(&topology.http, &url, body).await;
+    assert_eq!(status, 200, "{events:?}");
+    let (mut calls, mut finish) = (Vec::new(), String::new());
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        let Some(choice) = chunk["choices"].get(0) else { continue };
+        calls.extend(choice["delta"]["tool_calls"].as_array().cloned().unwrap_or_default());
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish = reason.to_owned();
+        }
+    }
+    (calls, finish)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_tool_choice_is_enforced_by_the_engines_grammar() {
+    let (topology, _servers) = start().await;
+    let unit = json!({"type": "object", "properties": {"unit": {"type": "string",
+        "enum": ["celsius", "fahrenheit"]}}, "required": ["unit"]});
+    let zone = json!({"type": "object", "properties": {"zone": {"type": "string",
+        "enum": ["utc", "local"]}}, "required": ["zone"]});
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": unit}},
+        {"type": "function", "function": {"name": "get_time", "parameters": zone}},
+    ]);
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    for (choice, stream) in [(&named, false), (&named, true), (&json!("required"), false)] {
+        let body = json!({
+            "model": "tiny", "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": tools, "tool_choice": choice, "max_tokens": 128, "temperature": 0,
+            "stream": stream,
+        });
+        let (calls, finish) = tool_calls(&topology, &body).await;
+        assert_eq!(finish, "tool_calls", "{choice} stream={stream}: {calls:?}");
+        assert!(!calls.is_empty(), "{choice} stream={stream}");
+        for call in &calls {
+            let name = call["function"]["name"].as_str().unwrap();
+            let arguments: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            match name {
+                "get_weather" => assert!(arguments["unit"].is_string(), "{arguments}"),
+                "get_time" if choice == &json!("required") => {
+                    assert!(arguments["zone"].is_string(), "{arguments}");
+                }
+                other => panic!("{choice}: called {other}"),
+            }
+            assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+        }
+    }
+    // Another format with a forced call is a client error.
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+        "tools": tools, "tool_choice": named, "response_format": {"type": "json_object"}});
+    let (status, v) = topology.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], json!("response_format"));
 }

@@ -53,6 +53,8 @@ pub(crate) struct ModelEntry {
     pub metrics: Arc<ModelMetrics>,
     /// Output parsers the instances' cards name.
     pub parsers: ParserConfig,
+    /// Every live instance's engine constrains output to a JSON schema.
+    pub structured_output: bool,
 }
 
 /// A snapshot of every model, swapped whole on each discovery change.
@@ -285,6 +287,9 @@ impl TableBuilder {
                     .clone(),
                 instances,
                 parsers,
+                structured_output: records
+                    .iter()
+                    .all(|r| r.card.as_ref().is_some_and(|c| c.structured_output)),
             };
             models.insert(name.to_owned(), Arc::new(entry));
         }
@@ -303,6 +308,7 @@ impl TableBuilder {
                     preprocessor: gone.preprocessor.clone(),
                     metrics: gone.metrics.clone(),
                     parsers: gone.parsers,
+                    structured_output: false,
                 };
                 models.insert(name.clone(), Arc::new(entry));
             }

@@ -5,6 +5,7 @@
 //! of a marker, so streaming and whole responses come out the same. Malformed tool calls come
 //! back as text.
 
+mod forced;
 mod harmony;
 mod marker;
 mod pythonic;
@@ -16,6 +17,8 @@ mod tools;
 use std::fmt;
 use std::str::FromStr;
 
+use forced::ForcedParser;
+pub(crate) use forced::{Forced, response_format as forced_response_format};
 use harmony::HarmonyParser;
 use reasoning::ThinkParser;
 use tools::ToolParser;
@@ -179,9 +182,18 @@ pub(crate) struct ParseOptions {
 #[derive(Debug)]
 pub(crate) struct OutputParser {
     stage: Stage,
-    tools: Option<ToolParser>,
+    tools: Option<ToolStage>,
     /// Content handed from the reasoning stage to the tool stage.
     scratch: ParsedDelta,
+}
+
+/// How tool calls are read from the answer.
+#[derive(Debug)]
+enum ToolStage {
+    /// In the model's own format, among its text.
+    Format(ToolParser),
+    /// The whole answer is the JSON a forced `tool_choice` asked the engine for.
+    Forced(ForcedParser),
 }
 
 #[derive(Debug)]
@@ -205,13 +217,21 @@ impl OutputParser {
             _ => Stage::Plain,
         };
         let tools = match config.tools {
-            Some(kind) if options.tools && !harmony => Some(ToolParser::new(kind)),
+            Some(kind) if options.tools && !harmony => {
+                Some(ToolStage::Format(ToolParser::new(kind)))
+            }
             _ => None,
         };
         if matches!(stage, Stage::Plain) && tools.is_none() {
             return None;
         }
         Some(OutputParser { stage, tools, scratch: ParsedDelta::default() })
+    }
+
+    /// For a forced `tool_choice`: the engine writes only the JSON of the calls.
+    pub fn forced(forced: Forced) -> OutputParser {
+        let tools = Some(ToolStage::Forced(ForcedParser::new(forced)));
+        OutputParser { stage: Stage::Plain, tools, scratch: ParsedDelta::default() }
     }
 
     /// Parses the next piece of text into `out` (cleared first).
@@ -238,12 +258,21 @@ impl OutputParser {
             (Stage::Harmony(p), Some(text)) => p.push(text, staged),
             (Stage::Harmony(p), None) => p.finish(staged),
         }
-        if let Some(tools) = &mut self.tools {
-            out.reasoning.push_str(&scratch.reasoning);
-            tools.push(&scratch.content, out);
-            if text.is_none() {
-                tools.finish(out);
+        match &mut self.tools {
+            Some(ToolStage::Format(tools)) => {
+                out.reasoning.push_str(&scratch.reasoning);
+                tools.push(&scratch.content, out);
+                if text.is_none() {
+                    tools.finish(out);
+                }
             }
+            Some(ToolStage::Forced(forced)) => {
+                forced.push(&scratch.content);
+                if text.is_none() {
+                    forced.finish(out);
+                }
+            }
+            None => {}
         }
         self.scratch = scratch;
     }

@@ -132,6 +132,10 @@ impl OpenAiEngine {
         card.kv_block_size = block_size;
         card.kv_total_blocks = total_blocks;
         card.engine = flavour.name().to_owned();
+        // Those whose guided decoding takes a JSON schema in every build (TensorRT-LLM's needs
+        // a grammar backend configured; a plain OpenAI server may have none).
+        card.structured_output =
+            matches!(flavour, Flavour::Llamacpp | Flavour::Vllm | Flavour::Sglang);
         let codec = if flavour.returns_token_ids() && flavour.takes_token_ids() {
             None
         } else {
