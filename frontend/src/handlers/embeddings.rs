@@ -18,7 +18,6 @@ use utoipa::ToSchema;
 use super::{AppState, body_bytes, lookup};
 use crate::error::Error;
 use crate::openai::request::{Prompt, PromptItem, parse};
-use crate::routing::Dispatch;
 use crate::stream::json_response;
 
 /// Inputs accepted in one request.
@@ -103,16 +102,7 @@ async fn embed(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
             embed: true,
             ..GenerateRequest::default()
         };
-        let dispatch = Dispatch {
-            model: entry.clone(),
-            policy: state.policy.clone(),
-            kv: state.kv.clone(),
-            client: state.client.clone(),
-            max_attempts: state.config.max_attempts,
-            deadline,
-            timeout: state.config.request_timeout,
-            prefill_timeout: state.config.prefill_timeout,
-        };
+        let dispatch = state.dispatch(&entry, deadline);
         let dispatched = dispatch.send(request).await?;
         if let Some(error) = &dispatched.first.error {
             return Err(Error::WorkerRejected { message: error.message.clone() });

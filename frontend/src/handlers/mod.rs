@@ -41,6 +41,22 @@ pub(crate) struct AppState {
     pub kv: Arc<KvRouter>,
 }
 
+impl AppState {
+    /// How a request for `entry` is sent, under this frontend's settings.
+    pub(crate) fn dispatch(&self, entry: &Arc<ModelEntry>, deadline: Instant) -> Dispatch {
+        Dispatch {
+            model: entry.clone(),
+            policy: self.policy.clone(),
+            kv: self.kv.clone(),
+            client: self.client.clone(),
+            max_attempts: self.config.max_attempts,
+            deadline,
+            timeout: self.config.request_timeout,
+            prefill_timeout: self.config.prefill_timeout,
+        }
+    }
+}
+
 /// A request ready for a worker.
 pub(crate) struct Prepared {
     pub entry: Arc<ModelEntry>,
@@ -174,16 +190,7 @@ pub(crate) async fn launch(
         deadline_ms: 0,
         embed: false,
     };
-    let dispatch = Dispatch {
-        model: entry.clone(),
-        policy: state.policy.clone(),
-        kv: state.kv.clone(),
-        client: state.client.clone(),
-        max_attempts: state.config.max_attempts,
-        deadline,
-        timeout: state.config.request_timeout,
-        prefill_timeout: state.config.prefill_timeout,
-    };
+    let dispatch = state.dispatch(&entry, deadline);
     let dispatched_at = std::time::Instant::now();
     let dispatched = match dispatch.send(request).await {
         Ok(dispatched) => dispatched,
