@@ -136,20 +136,17 @@ async fn nats_restart_ends_or_completes_in_flight_and_serves_again_within_5s() {
     let back = Instant::now();
     t.servers.nats = Some(nats);
 
-    // The in-flight stream ends within the wait: completed or with an error event.
-    let mut text = String::new();
-    while let Ok(Some(chunk)) =
-        tokio::time::timeout(WAIT, resp.chunk()).await.expect("in-flight stream hung")
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let ended_with_error = text.contains("\"error\"");
-    let completed = text.contains("\"finish_reason\":\"length\"");
-    assert!(
-        ended_with_error || completed,
-        "in-flight stream ended without its end: …{}",
-        &text[text.len().saturating_sub(400)..]
-    );
+    // The in-flight stream is read beside the new requests: it must end within the wait
+    // (completed, moved to another instance, or with an error event), never hang.
+    let in_flight = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(chunk)) =
+            tokio::time::timeout(WAIT, resp.chunk()).await.expect("in-flight stream hung")
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    });
 
     // New requests succeed within 5 s of NATS being back, and keep succeeding.
     let mut first_ok = None;
@@ -166,6 +163,14 @@ async fn nats_restart_ends_or_completes_in_flight_and_serves_again_within_5s() {
         let (status, resp) = support::post_json(&t.http, &url, &body).await;
         assert_eq!(status, 200, "{resp}");
     }
+    let text = in_flight.await.unwrap();
+    let ended_with_error = text.contains("\"error\"");
+    let completed = text.contains("\"finish_reason\":\"length\"");
+    assert!(
+        ended_with_error || completed,
+        "in-flight stream ended without its end: …{}",
+        &text[text.len().saturating_sub(400)..]
+    );
     eprintln!(
         "NATS restart: in-flight stream {}; first success {first_ok:?} after NATS was back",
         if completed { "completed" } else { "ended with an error" }

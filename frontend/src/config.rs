@@ -32,6 +32,12 @@ pub struct FrontendConfig {
     /// Instances tried for one request when an instance cannot be reached or turns the request
     /// away (overloaded, shutting down) before its first token.
     pub max_attempts: usize,
+    /// Times one response may move to another instance when its instance fails mid-way
+    /// (0: it fails with the instance).
+    pub migration_limit: u32,
+    /// Longest silence between two chunks of a response before its instance is taken for
+    /// stuck and the response moves on.
+    pub stall_timeout: Duration,
     /// `max_tokens` when a request gives none: the rest of the context, but at most this, so a
     /// request without a limit cannot hold a worker for a model's whole context.
     pub default_max_tokens: u32,
@@ -49,6 +55,8 @@ impl Default for FrontendConfig {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_attempts: 3,
+            migration_limit: 3,
+            stall_timeout: Duration::from_secs(30),
             default_max_tokens: 8192,
         }
     }
@@ -66,6 +74,8 @@ impl fmt::Debug for FrontendConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout", &self.request_timeout)
             .field("max_attempts", &self.max_attempts)
+            .field("migration_limit", &self.migration_limit)
+            .field("stall_timeout", &self.stall_timeout)
             .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }

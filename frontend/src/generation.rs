@@ -1,8 +1,11 @@
 //! One response in progress: worker chunks in, text deltas and a finish out. Shared by both
 //! endpoints, streaming or not. Detokenizes, matches stop strings (dropping the worker stream
 //! on a match, which cancels the work), counts tokens, and bounds every wait by the request's
-//! deadline. Dropping it (client gone) drops the worker stream too.
+//! deadline. Dropping it (client gone) drops the worker stream too. A stream that breaks,
+//! stalls or is given up by its worker moves to another instance (see [`Migration`]); only
+//! when no move is left does the response end with an error.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,10 +13,12 @@ use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, TokenLogprob, Wor
 use switchyard_runtime::ChunkStream;
 use tokio::time::timeout_at;
 
+use crate::breaker::Breakers;
 use crate::detokenize::Detokenizer;
 use crate::error::Error;
 use crate::kv_router::Reservation;
 use crate::metrics::RequestTracker;
+use crate::migration::Migration;
 use crate::openai::response::{Nvext, NvextTiming, Usage};
 use crate::routing::Dispatched;
 use crate::stop::StopMatcher;
@@ -56,7 +61,14 @@ pub(crate) struct Generation {
     done: bool,
     tracker: RequestTracker,
     /// For the timing extension: who served it, and when it was sent, began and ended.
-    instance_id: String,
+    instance_id: Arc<str>,
+    /// How to carry on elsewhere; `None` when migration is off.
+    migration: Option<Migration>,
+    /// Longest silence between chunks before the instance is taken for stuck.
+    stall_timeout: Duration,
+    breakers: Arc<Breakers>,
+    /// A failure noted while text was still to be handed out.
+    pending_failure: Option<(Error, &'static str)>,
     dispatched_at: Instant,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
@@ -71,6 +83,9 @@ pub(crate) struct GenerationSetup {
     pub timeout: Duration,
     /// When the request was handed to the router.
     pub dispatched_at: Instant,
+    pub migration: Option<Migration>,
+    pub stall_timeout: Duration,
+    pub breakers: Arc<Breakers>,
 }
 
 impl Generation {
@@ -95,10 +110,14 @@ impl Generation {
             finish: None,
             done: false,
             tracker,
-            instance_id: dispatched.instance_id,
+            instance_id: Arc::from(dispatched.instance_id),
             dispatched_at: setup.dispatched_at,
             first_token_at: None,
             last_token_at: None,
+            migration: setup.migration,
+            stall_timeout: setup.stall_timeout,
+            breakers: setup.breakers,
+            pending_failure: None,
         }
     }
 
@@ -123,34 +142,103 @@ impl Generation {
                 self.tracker.finish(200);
                 return Some(Step::Finished(finish));
             }
-            let chunk =
-                match self.first.take() {
-                    Some(chunk) => chunk,
-                    None => match timeout_at(self.deadline, self.stream.next()).await {
-                        Ok(Some(Ok(chunk))) => chunk,
-                        Ok(Some(Err(e))) => return Some(self.fail(Error::Worker(e.to_string()))),
-                        Ok(None) => {
-                            return Some(self.fail(Error::Worker(
-                                "the stream ended without a final chunk".into(),
-                            )));
-                        }
-                        Err(_) => {
-                            return Some(self.fail(Error::Timeout { after: self.timeout }));
-                        }
-                    },
-                };
+            if let Some((error, cause)) = self.pending_failure.take() {
+                match self.migrate(cause).await {
+                    Ok(()) => continue,
+                    Err(e) => return Some(self.fail(e.unwrap_or(error))),
+                }
+            }
+            let chunk = match self.first.take() {
+                Some(chunk) => chunk,
+                None => match self.next_chunk().await {
+                    Ok(chunk) => chunk,
+                    Err((error, None)) => return Some(self.fail(error)),
+                    Err((error, Some(cause))) => {
+                        self.pending_failure = Some((error, cause));
+                        continue;
+                    }
+                },
+            };
             if let Some(error) = &chunk.error {
-                return Some(self.fail(worker_error(error)));
+                let error_kind = error.kind();
+                let error = worker_error(error);
+                if matches!(error_kind, ErrorKind::ShuttingDown | ErrorKind::Overloaded) {
+                    self.pending_failure = Some((error, "shutting_down"));
+                    continue;
+                }
+                return Some(self.fail(error));
             }
-            if chunk.finish_reason() == FinishReason::Error {
-                return Some(
-                    self.fail(Error::Worker("the worker ended the response with an error".into())),
-                );
+            match chunk.finish_reason() {
+                FinishReason::Error => {
+                    let error = Error::Worker("the worker ended the response with an error".into());
+                    return Some(self.fail(error));
+                }
+                // The worker gave the request up (its drain timed out, or it was cancelled
+                // there): what it sent counts, the rest comes from elsewhere or is an error.
+                FinishReason::Cancelled => {
+                    let error = Error::Worker(format!(
+                        "the worker gave up on the response after {} tokens",
+                        self.completion_tokens + chunk.token_ids.len() as u32
+                    ));
+                    self.pending_failure = Some((error, "cancelled"));
+                    let unfinished = GenerateChunk {
+                        finish_reason: FinishReason::Unspecified.into(),
+                        usage: None,
+                        ..chunk
+                    };
+                    self.text.clear();
+                    self.absorb(&unfinished);
+                }
+                _ => {
+                    self.text.clear();
+                    self.absorb(&chunk);
+                }
             }
-            self.text.clear();
-            self.absorb(&chunk);
             if !self.text.is_empty() {
                 return Some(Step::Text);
+            }
+        }
+    }
+
+    /// The next chunk of the current instance's stream, or why there is none: with a cause
+    /// when another instance may carry the response on.
+    async fn next_chunk(&mut self) -> Result<GenerateChunk, (Error, Option<&'static str>)> {
+        let stall_end = tokio::time::Instant::now() + self.stall_timeout;
+        match timeout_at(self.deadline.min(stall_end), self.stream.next()).await {
+            Ok(Some(Ok(chunk))) => Ok(chunk),
+            Ok(Some(Err(e))) => Err((Error::Worker(e.to_string()), Some("broken"))),
+            Ok(None) => Err((
+                Error::Worker("the stream ended without a final chunk".into()),
+                Some("broken"),
+            )),
+            Err(_) if stall_end < self.deadline => Err((
+                Error::Worker(format!("no word from the worker for {:?}", self.stall_timeout)),
+                Some("stall"),
+            )),
+            Err(_) => Err((Error::Timeout { after: self.timeout }, None)),
+        }
+    }
+
+    /// Moves the response to another instance. `Err(None)`: no move left (the failure
+    /// stands); `Err(Some(e))`: the move itself failed.
+    async fn migrate(&mut self, cause: &'static str) -> Result<(), Option<Error>> {
+        self.release_worker();
+        let failed = self.instance_id.clone();
+        if cause != "shutting_down" && cause != "cancelled" {
+            self.breakers.failure(&failed, cause);
+        }
+        let Some(migration) = self.migration.as_mut() else {
+            return Err(None);
+        };
+        match migration.resume(failed, cause).await {
+            None => Err(None),
+            Some(Err(e)) => Err(Some(e)),
+            Some(Ok(dispatched)) => {
+                self.first = Some(dispatched.first);
+                self.stream = dispatched.stream;
+                self.in_flight = dispatched.in_flight;
+                self.instance_id = Arc::from(dispatched.instance_id);
+                Ok(())
             }
         }
     }
@@ -164,6 +252,9 @@ impl Generation {
             self.last_token_at = Some(now);
         }
         self.logprobs.extend(chunk.logprobs.iter().cloned());
+        if let Some(migration) = &mut self.migration {
+            migration.record(&chunk.token_ids);
+        }
         for &id in &chunk.token_ids {
             self.completion_tokens += 1;
             self.scratch.clear();
@@ -186,8 +277,10 @@ impl Generation {
         let usage = chunk.usage.unwrap_or_default();
         let completion =
             if chunk.usage.is_some() { usage.completion_tokens } else { self.completion_tokens };
+        // After a move, the new instance's cache may cover earlier output too.
+        let cached = usage.cached_tokens.min(self.prompt_tokens);
         let reason = if stopped { Some("stop") } else { reason.openai_name() };
-        self.finish_with(reason.unwrap_or("stop"), completion, usage.cached_tokens);
+        self.finish_with(reason.unwrap_or("stop"), completion, cached);
     }
 
     fn finish_with(&mut self, reason: &'static str, completion_tokens: u32, cached_tokens: u32) {
@@ -206,7 +299,7 @@ impl Generation {
         let first = self.first_token_at.unwrap_or(self.dispatched_at);
         let last = self.last_token_at.unwrap_or(first);
         Nvext {
-            worker_id: self.instance_id.clone(),
+            worker_id: self.instance_id.to_string(),
             cached_tokens: usage.prompt_tokens_details.cached_tokens,
             timing: NvextTiming {
                 queue_ms: ms(received, self.dispatched_at),

@@ -18,8 +18,21 @@ use crate::stream::json_response;
 #[derive(Serialize)]
 struct Health<'a> {
     status: &'static str,
-    /// Live instances per model (all roles).
+    /// Registered instances per model (all roles).
     instances: BTreeMap<&'a str, usize>,
+    /// Every registered instance and what this frontend thinks of it: requests skip the
+    /// suspect and draining ones.
+    workers: Vec<WorkerHealth<'a>>,
+}
+
+#[derive(Serialize)]
+struct WorkerHealth<'a> {
+    model: &'a str,
+    instance_id: &'a str,
+    address: &'a str,
+    role: &'static str,
+    /// `serving`, `suspect` (failed lately, skipped for a back-off) or `draining`.
+    state: &'static str,
 }
 
 /// 200 when at least one model has an instance that takes requests; else 503, so a load
@@ -27,9 +40,23 @@ struct Health<'a> {
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
     let table = state.registry.table();
     let ready = table.iter().any(|m| !m.instances.is_empty());
+    let mut workers = Vec::new();
+    for model in table.iter() {
+        for instance in model.all_instances() {
+            let record = &instance.record;
+            workers.push(WorkerHealth {
+                model: &model.name,
+                instance_id: &record.instance_id,
+                address: &record.address,
+                role: record.role().name(),
+                state: state.breakers.state(&record.instance_id).name(),
+            });
+        }
+    }
     let health = Health {
         status: if ready { "healthy" } else { "no_instances" },
         instances: table.iter().map(|m| (m.name.as_str(), m.live_instances)).collect(),
+        workers,
     };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     to_json(status, &health)

@@ -8,6 +8,7 @@
 //! `GET /health`, `GET /live`, `GET /metrics`.
 
 mod bpe;
+mod breaker;
 mod chat_output;
 mod config;
 mod conversation;
@@ -19,6 +20,7 @@ mod health;
 mod kv_router;
 mod logprobs;
 pub mod metrics;
+mod migration;
 mod models;
 mod openai;
 mod openapi;
@@ -111,7 +113,8 @@ pub async fn serve(
     tasks.spawn(kv.clone().run(registry.changes(), config.events.clone(), events, stop.clone()));
 
     let policy = Arc::from(policy);
-    let state = Arc::new(AppState { policy, kv, registry, client, config });
+    let breakers = Arc::default();
+    let state = Arc::new(AppState { policy, kv, registry, client, config, breakers });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
     // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.

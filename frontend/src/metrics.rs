@@ -51,6 +51,15 @@ pub const KV_HANDOFF_BYTES: &str = "switchyard_frontend_kv_handoff_bytes";
 /// Seconds from a prefill instance's handle to the decode instance's first chunk (the KV
 /// pull, the import and one decode step).
 pub const KV_HANDOFF_SECONDS: &str = "switchyard_frontend_kv_handoff_seconds";
+/// Requests an instance failed (its circuit breaker opened), by `instance` and `cause`:
+/// `unreachable` (a request could not be sent), `broken` (a stream ended without its end),
+/// `stall` (a stream went silent), `shutting_down`.
+pub const INSTANCE_FAILURES_TOTAL: &str = "switchyard_frontend_instance_failures_total";
+/// Requests let through to a failed instance once its back-off passed (at most one per
+/// back-off), by `instance`: after its first failure, no other request reaches it.
+pub const INSTANCE_PROBES_TOTAL: &str = "switchyard_frontend_instance_probes_total";
+/// Responses carried on by another instance after theirs failed mid-way, by `cause`.
+pub const MIGRATIONS_TOTAL: &str = "switchyard_frontend_migrations_total";
 pub const ROUTER_SNAPSHOT_REQUESTS: &str = "switchyard_frontend_router_snapshot_requests_total";
 pub const ROUTER_SNAPSHOTS_APPLIED: &str = "switchyard_frontend_router_snapshots_applied_total";
 
@@ -158,6 +167,9 @@ fn describe() {
     metrics::describe_gauge!(ROUTER_INDEXED_INSTANCES, "Instances in the KV index");
     metrics::describe_counter!(ROUTER_RESYNC_NEEDED, "KV index resyncs needed (events lost)");
     metrics::describe_counter!(ROUTER_SNAPSHOT_REQUESTS, "KV snapshots asked of workers");
+    metrics::describe_counter!(INSTANCE_FAILURES_TOTAL, "Requests instances failed, by cause");
+    metrics::describe_counter!(INSTANCE_PROBES_TOTAL, "Requests let through to a failed instance");
+    metrics::describe_counter!(MIGRATIONS_TOTAL, "Responses moved to another instance mid-way");
     metrics::describe_counter!(
         ROUTER_SNAPSHOTS_APPLIED,
         "Workers' KV snapshots applied to the index"

@@ -21,10 +21,11 @@ use switchyard_router::{Policy, RouteRequest};
 use switchyard_runtime::{ChunkStream, RequestClient};
 use tokio::time::{Instant, timeout_at};
 
+use crate::breaker::Breakers;
 use crate::error::Error;
 use crate::kv_router::{KvRouter, Reservation, Routed};
 use crate::metrics::{KV_HANDOFF_BYTES, KV_HANDOFF_SECONDS, PREFILL_FALLBACKS_TOTAL};
-use crate::models::ModelEntry;
+use crate::models::{ModelEntry, ModelRegistry};
 
 /// A request an instance accepted: its first chunk, and the rest of its stream.
 pub(crate) struct Dispatched {
@@ -50,7 +51,22 @@ pub(crate) struct Dispatch {
     pub timeout: Duration,
     /// Longest wait for a prefill instance's first token and KV handle.
     pub prefill_timeout: Duration,
+    /// Instances that failed lately, skipped while their breaker is open.
+    pub breakers: Arc<Breakers>,
+    /// A prefill instance may compute the prompt (false: the instance that decodes does).
+    pub remote_prefill: bool,
+    /// The live models, for a later try to see instances that came or went since.
+    pub registry: ModelRegistry,
 }
+
+/// Waits between tries of a request no instance could take.
+const RETRY_PAUSES: [Duration; 5] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(2),
+];
 
 /// What a prefill instance returned.
 struct Prefilled {
@@ -67,14 +83,71 @@ type FallbackCause = &'static str;
 
 impl Dispatch {
     /// Sends `request` and waits for its first chunk (with a split, the prefill's token).
-    pub async fn send(self, mut request: GenerateRequest) -> Result<Dispatched, Error> {
+    pub async fn send(self, request: GenerateRequest) -> Result<Dispatched, Error> {
+        self.send_patiently(request, Vec::new()).await
+    }
+
+    /// [`Dispatch::send_avoiding`], tried again a few times, spaced out, while no instance
+    /// can take the request: when they all failed together (the NATS server restarting,
+    /// a network blip) the request waits for them rather than failing at once.
+    pub async fn send_patiently(
+        self,
+        request: GenerateRequest,
+        avoid: Vec<Arc<str>>,
+    ) -> Result<Dispatched, Error> {
+        let mut pauses = RETRY_PAUSES.iter();
+        let mut this = self;
+        loop {
+            match this.clone().send_avoiding(request.clone(), avoid.clone()).await {
+                // Only failures wait: instances that turned the request away as overloaded
+                // are answered at once.
+                Err(Error::Unavailable { .. })
+                    if this.breakers.any_open()
+                        && let Some(&pause) = pauses.next()
+                        && Instant::now() + pause < this.deadline =>
+                {
+                    tracing::debug!(?pause, "no instance took the request; trying again");
+                    tokio::time::sleep(pause).await;
+                    this = this.refreshed();
+                }
+                sent => return sent,
+            }
+        }
+    }
+
+    /// This dispatch with the model's instances as they are now.
+    pub fn refreshed(mut self) -> Dispatch {
+        if let Some(entry) = self.registry.table().get(&self.model.name) {
+            self.model = entry.clone();
+        }
+        self
+    }
+
+    /// [`Dispatch::send`] to an instance other than those in `avoid`.
+    pub async fn send_avoiding(
+        self,
+        mut request: GenerateRequest,
+        avoid: Vec<Arc<str>>,
+    ) -> Result<Dispatched, Error> {
         if self.model.instances.is_empty() {
             return Err(Error::NoInstance { model: self.model.name.clone() });
         }
         let attempts = self.max_attempts.clamp(1, self.model.instances.len());
-        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut tried = avoid;
+        self.breakers.skip_into(&mut tried);
+        // With every instance failed lately, trying one beats refusing the request.
+        if !tried.is_empty()
+            && self
+                .model
+                .instances
+                .iter()
+                .all(|i| tried.iter().any(|t| **t == *i.record.instance_id))
+        {
+            tried.clear();
+        }
+        let skipped = tried.len();
         // Embedding requests have no decode half.
-        let mut allow_remote = !request.embed;
+        let mut allow_remote = !request.embed && self.remote_prefill;
         for attempt in 0..attempts {
             let Some(routed) = self.select(&request, &tried, allow_remote) else {
                 break;
@@ -93,6 +166,9 @@ impl Dispatch {
                         }
                         tracing::warn!(%instance, cause, "prefill instance failed; the decode instance prefills");
                         metrics::counter!(PREFILL_FALLBACKS_TOTAL, "cause" => cause).increment(1);
+                        if matches!(cause, "unreachable" | "stream_error") {
+                            self.breakers.failure(&instance, "unreachable");
+                        }
                         tried.push(instance);
                         // The retry of this request is local: a second prefill instance
                         // would cost the client another wait.
@@ -110,7 +186,7 @@ impl Dispatch {
                 return Ok(dispatched);
             }
         }
-        Err(Error::Unavailable { model: self.model.name.clone(), tried: tried.len() })
+        Err(Error::Unavailable { model: self.model.name.clone(), tried: tried.len() - skipped })
     }
 
     /// The routing state's choice among the instances not tried yet, booked.
@@ -283,6 +359,7 @@ impl Dispatch {
         };
         let record = &instance.record;
         request.deadline_ms = remaining_ms(self.deadline);
+        self.breakers.note_send(&record.instance_id);
         let timed_out = || Error::Timeout { after: self.timeout };
         let mut stream = match timeout_at(
             self.deadline,
@@ -294,6 +371,7 @@ impl Dispatch {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::warn!(instance = %record.instance_id, address = %record.address, error = %e, "instance unreachable; trying another");
+                self.breakers.failure(reservation.instance(), "unreachable");
                 return Ok(None);
             }
         };
@@ -302,10 +380,12 @@ impl Dispatch {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(Some(Err(e))) => {
                 tracing::warn!(instance = %record.instance_id, error = %e, "instance failed before its first chunk; trying another");
+                self.breakers.failure(reservation.instance(), "broken");
                 return Ok(None);
             }
             Ok(None) => {
                 tracing::warn!(instance = %record.instance_id, "instance ended the stream before its first chunk; trying another");
+                self.breakers.failure(reservation.instance(), "broken");
                 return Ok(None);
             }
         };
@@ -313,8 +393,12 @@ impl Dispatch {
             && matches!(error.kind(), ErrorKind::Overloaded | ErrorKind::ShuttingDown)
         {
             tracing::info!(instance = %record.instance_id, kind = ?error.kind(), "instance turned the request away; trying another");
+            if error.kind() == ErrorKind::ShuttingDown {
+                self.breakers.failure(reservation.instance(), "shutting_down");
+            }
             return Ok(None);
         }
+        self.breakers.success(&record.instance_id);
         instance.requests.increment(1);
         let instance_id = record.instance_id.clone();
         Ok(Some(Dispatched { first, stream, in_flight: Some(reservation), instance_id }))

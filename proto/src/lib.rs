@@ -10,8 +10,20 @@ impl FinishReason {
         match self {
             FinishReason::Unspecified => None,
             FinishReason::Length => Some("length"),
-            FinishReason::Stop | FinishReason::Cancelled => Some("stop"),
-            FinishReason::Error => Some("error"),
+            FinishReason::Stop => Some("stop"),
+            // A response its worker gave up on did not end well: never "stop".
+            FinishReason::Error | FinishReason::Cancelled => Some("error"),
+        }
+    }
+}
+
+impl Role {
+    /// The role's name as flags and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Aggregated => "aggregated",
+            Role::Prefill => "prefill",
+            Role::Decode => "decode",
         }
     }
 }

@@ -39,6 +39,16 @@ pub struct HttpArgs {
     /// Longest a request may take end to end, in seconds.
     #[arg(long, env = env::REQUEST_TIMEOUT_SECS, default_value_t = 600)]
     pub request_timeout_secs: u64,
+
+    /// Times a response may move to another instance when its instance fails mid-way (the
+    /// stream breaks, stalls, or the worker gives it up); 0 fails it with the instance.
+    #[arg(long, env = env::MIGRATION_LIMIT, default_value_t = 3)]
+    pub migration_limit: u32,
+
+    /// Longest silence between two chunks of a response, in seconds, before its instance is
+    /// taken for stuck and the response moves on.
+    #[arg(long, env = env::STALL_TIMEOUT_SECS, default_value_t = 30)]
+    pub stall_timeout_secs: u64,
 }
 
 /// The knobs of routing: the `kv` mode's costs and the prefill/decode split (shared by the
@@ -108,6 +118,8 @@ impl HttpArgs {
             prefill_timeout: Duration::from_secs(self.kv.prefill_timeout_secs),
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
+            migration_limit: self.migration_limit,
+            stall_timeout: Duration::from_secs(self.stall_timeout_secs.max(1)),
             ..FrontendConfig::default()
         }
     }

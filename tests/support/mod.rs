@@ -312,7 +312,12 @@ pub fn start_worker(store_flags: &[&str], model: &str, extra: &[&str]) -> Proc {
     if !extra.contains(&"--speedup-ratio") {
         args.extend_from_slice(&["--speedup-ratio", "50"]);
     }
-    args.extend_from_slice(FAST_WORKER);
+    // Likewise its own drain timeout.
+    for pair in FAST_WORKER.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            args.extend_from_slice(pair);
+        }
+    }
     args.extend_from_slice(extra);
     spawn(&format!("worker {model}"), &args)
 }

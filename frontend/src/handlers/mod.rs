@@ -18,6 +18,7 @@ use switchyard_router::{Policy, block_hashes};
 use switchyard_runtime::RequestClient;
 use tokio::time::Instant;
 
+use crate::breaker::Breakers;
 use crate::chat_output::ChatOutput;
 use crate::config::FrontendConfig;
 use crate::error::Error;
@@ -25,6 +26,7 @@ use crate::generation::{Generation, GenerationSetup, Step};
 use crate::kv_router::KvRouter;
 use crate::logprobs::LogprobsOut;
 use crate::metrics::RequestTracker;
+use crate::migration::Migration;
 use crate::models::{ModelEntry, ModelRegistry};
 use crate::openai::params::{RequestParams, resolve_max_tokens};
 use crate::openai::response::ResponseMeta;
@@ -39,6 +41,7 @@ pub(crate) struct AppState {
     pub client: Arc<dyn RequestClient>,
     pub policy: Arc<dyn Policy>,
     pub kv: Arc<KvRouter>,
+    pub breakers: Arc<Breakers>,
 }
 
 impl AppState {
@@ -53,6 +56,9 @@ impl AppState {
             deadline,
             timeout: self.config.request_timeout,
             prefill_timeout: self.config.prefill_timeout,
+            breakers: self.breakers.clone(),
+            remote_prefill: true,
+            registry: self.registry.clone(),
         }
     }
 }
@@ -191,6 +197,7 @@ pub(crate) async fn launch(
         embed: false,
     };
     let dispatch = state.dispatch(&entry, deadline);
+    let migration = Migration::new(dispatch.clone(), &request, state.config.migration_limit);
     let dispatched_at = std::time::Instant::now();
     let dispatched = match dispatch.send(request).await {
         Ok(dispatched) => dispatched,
@@ -204,6 +211,9 @@ pub(crate) async fn launch(
         deadline,
         timeout: state.config.request_timeout,
         dispatched_at,
+        migration,
+        stall_timeout: state.config.stall_timeout,
+        breakers: state.breakers.clone(),
     };
     let generation = Generation::new(dispatched, setup, tracker);
     let logprobs = params.logprobs.map(|_| LogprobsOut::new(preprocessor.clone(), kind));

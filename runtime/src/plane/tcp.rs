@@ -36,6 +36,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// gone, a cable pulled), so its streams end instead of waiting for a TCP timeout.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client pings its workers more often: a worker frozen or cut off mid-stream is noticed
+/// within about 3 s, and its streams move elsewhere.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 use super::error_chunk;
 pub use super::is_final;
@@ -295,8 +299,8 @@ impl TcpClient {
             .map_err(|e| connect_error(format!("invalid address: {e}")))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            .http2_keep_alive_interval(CLIENT_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT);
         // tonic bounds the TCP connect; this bounds the HTTP/2 handshake after it too.
         let limit = self.config.connect_timeout * 2;
         match tokio::time::timeout(limit, endpoint.connect()).await {

@@ -51,7 +51,7 @@ impl Default for NatsClientConfig {
         NatsClientConfig {
             connect_timeout: Duration::from_secs(3),
             chunk_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3),
         }
     }
 }
