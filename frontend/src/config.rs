@@ -7,6 +7,8 @@ use std::time::Duration;
 use switchyard_router::{DisaggConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::events::EventSubscriber;
 
+use crate::auth::ApiKeys;
+
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
 #[derive(Clone)]
 pub struct FrontendConfig {
@@ -38,6 +40,8 @@ pub struct FrontendConfig {
     /// Longest silence between two chunks of a response before its instance is taken for
     /// stuck and the response moves on.
     pub stall_timeout: Duration,
+    /// API keys the frontend accepts (none: no key needed).
+    pub api_keys: ApiKeys,
     /// `max_tokens` when a request gives none: the rest of the context, but at most this, so a
     /// request without a limit cannot hold a worker for a model's whole context.
     pub default_max_tokens: u32,
@@ -57,6 +61,7 @@ impl Default for FrontendConfig {
             max_attempts: 3,
             migration_limit: 3,
             stall_timeout: Duration::from_secs(30),
+            api_keys: ApiKeys::default(),
             default_max_tokens: 8192,
         }
     }
@@ -76,6 +81,7 @@ impl fmt::Debug for FrontendConfig {
             .field("max_attempts", &self.max_attempts)
             .field("migration_limit", &self.migration_limit)
             .field("stall_timeout", &self.stall_timeout)
+            .field("api_keys", &self.api_keys)
             .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }

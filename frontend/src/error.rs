@@ -29,6 +29,9 @@ pub enum Error {
         "no instance of the model `{model}` could take the request ({tried} tried); retry later"
     )]
     Unavailable { model: String, tried: usize },
+    /// The request carries no API key, or one the frontend does not accept.
+    #[error("{0}")]
+    Unauthorized(&'static str),
     /// No route for this path.
     #[error("invalid URL ({method} {path})")]
     RouteNotFound { method: String, path: String },
@@ -77,6 +80,7 @@ impl Error {
             | Error::WorkerRejected { .. }
             | Error::NotOffered { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::ModelNotFound { .. } | Error::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NoInstance { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +101,7 @@ impl Error {
             Error::WorkerRejected { .. } => ("invalid_request_error", Some("rejected_by_worker")),
             Error::NotOffered { .. } => ("invalid_request_error", Some("not_offered_by_model")),
             Error::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Error::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             Error::RouteNotFound { .. } => ("invalid_request_error", Some("not_found")),
             Error::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed")),

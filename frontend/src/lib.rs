@@ -7,6 +7,7 @@
 //! `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /openapi.json`,
 //! `GET /health`, `GET /live`, `GET /metrics`.
 
+mod auth;
 mod bpe;
 mod breaker;
 mod chat_output;
@@ -45,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use auth::ApiKeys;
 pub use config::FrontendConfig;
 pub use error::Error;
 pub use parsers::{ReasoningParserKind, ToolParserKind};
@@ -135,6 +137,7 @@ pub async fn serve(
 
 fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let keys = state.config.api_keys.clone();
     Router::new()
         .route("/v1/chat/completions", post(handlers::chat::chat_completions))
         .route("/v1/completions", post(handlers::completions::completions))
@@ -149,6 +152,7 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(keys, auth::require_key))
         .with_state(state)
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_frontend::{DisaggConfig, FrontendConfig};
+use switchyard_frontend::{ApiKeys, DisaggConfig, FrontendConfig};
 use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
 use tokio::net::TcpListener;
@@ -39,6 +39,20 @@ pub struct HttpArgs {
     /// Longest a request may take end to end, in seconds.
     #[arg(long, env = env::REQUEST_TIMEOUT_SECS, default_value_t = 600)]
     pub request_timeout_secs: u64,
+
+    /// An API key clients must send as `Authorization: Bearer KEY`; repeat the flag (or
+    /// separate keys with commas in the variable) for several. None: no key needed.
+    #[arg(long = "api-key", env = env::API_KEY, value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// A file of API keys, one per line (`#` starts a comment line), added to --api-key.
+    #[arg(long, env = env::API_KEY_FILE)]
+    pub api_key_file: Option<std::path::PathBuf>,
+
+    /// With API keys, /health, /live and /metrics want a key too (open by default, for
+    /// probes and scrapers).
+    #[arg(long, env = env::API_KEY_PROTECT_OPS)]
+    pub api_key_protect_ops: bool,
 
     /// Times a response may move to another instance when its instance fails mid-way (the
     /// stream breaks, stalls, or the worker gives it up); 0 fails it with the instance.
@@ -98,8 +112,20 @@ pub struct KvArgs {
 }
 
 impl HttpArgs {
-    pub fn config(&self) -> FrontendConfig {
-        FrontendConfig {
+    pub fn config(&self) -> anyhow::Result<FrontendConfig> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API key file {}", path.display()))?;
+            let from_file = ApiKeys::parse_file(&text);
+            anyhow::ensure!(
+                !from_file.is_empty(),
+                "the API key file {} holds no key",
+                path.display()
+            );
+            keys.extend(from_file);
+        }
+        Ok(FrontendConfig {
             router_mode: self.router_mode,
             policy: PolicyConfig {
                 kv: KvPolicyConfig {
@@ -120,8 +146,9 @@ impl HttpArgs {
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             migration_limit: self.migration_limit,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs.max(1)),
+            api_keys: ApiKeys::new(keys, self.api_key_protect_ops),
             ..FrontendConfig::default()
-        }
+        })
     }
 
     pub async fn bind(&self) -> anyhow::Result<TcpListener> {
@@ -165,7 +192,7 @@ pub async fn serve(
         .watch_instances(shutdown.child_token())
         .await
         .context("watching discovery for the event plane")?;
-    let mut config = http.config();
+    let mut config = http.config()?;
     config.events = Some(plane.event_subscriber(discovery.namespace(), &instances).await?);
     let served = switchyard_frontend::serve(listener, config, discovery, client, shutdown).await;
     drop(instances);
