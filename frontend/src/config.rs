@@ -7,6 +7,7 @@ use std::time::Duration;
 use switchyard_router::{DisaggConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::events::EventSubscriber;
 
+use crate::admission::AdmissionConfig;
 use crate::auth::ApiKeys;
 
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
@@ -40,6 +41,8 @@ pub struct FrontendConfig {
     /// Longest silence between two chunks of a response before its instance is taken for
     /// stuck and the response moves on.
     pub stall_timeout: Duration,
+    /// Places per instance and the queue in front of them.
+    pub admission: AdmissionConfig,
     /// API keys the frontend accepts (none: no key needed).
     pub api_keys: ApiKeys,
     /// `max_tokens` when a request gives none: the rest of the context, but at most this, so a
@@ -62,6 +65,7 @@ impl Default for FrontendConfig {
             migration_limit: 3,
             stall_timeout: Duration::from_secs(30),
             api_keys: ApiKeys::default(),
+            admission: AdmissionConfig::default(),
             default_max_tokens: 8192,
         }
     }
@@ -82,6 +86,7 @@ impl fmt::Debug for FrontendConfig {
             .field("migration_limit", &self.migration_limit)
             .field("stall_timeout", &self.stall_timeout)
             .field("api_keys", &self.api_keys)
+            .field("admission", &self.admission)
             .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }

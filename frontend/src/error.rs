@@ -32,6 +32,10 @@ pub enum Error {
     /// The request carries no API key, or one the frontend does not accept.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The model's instances are busy and the frontend's queue is full or was waited in too
+    /// long: retry after `retry_after` seconds.
+    #[error("the model's instances are busy ({why}); retry after {retry_after}s")]
+    Overloaded { why: &'static str, retry_after: u64 },
     /// No route for this path.
     #[error("invalid URL ({method} {path})")]
     RouteNotFound { method: String, path: String },
@@ -81,6 +85,7 @@ impl Error {
             | Error::NotOffered { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ModelNotFound { .. } | Error::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NoInstance { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,6 +107,7 @@ impl Error {
             Error::NotOffered { .. } => ("invalid_request_error", Some("not_offered_by_model")),
             Error::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Error::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
+            Error::Overloaded { .. } => ("rate_limit_error", Some("overloaded")),
             Error::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             Error::RouteNotFound { .. } => ("invalid_request_error", Some("not_found")),
             Error::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed")),
@@ -175,9 +181,11 @@ impl IntoResponse for Error {
         let mut body = Vec::with_capacity(160);
         self.write_json(&mut body);
         let mut response = (self.status(), body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Error::Overloaded { retry_after, .. } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
         response
     }
 }

@@ -13,6 +13,7 @@ use switchyard_proto::{ErrorKind, FinishReason, GenerateChunk, TokenLogprob, Wor
 use switchyard_runtime::ChunkStream;
 use tokio::time::timeout_at;
 
+use crate::admission::Permit;
 use crate::breaker::Breakers;
 use crate::detokenize::Detokenizer;
 use crate::error::Error;
@@ -67,6 +68,8 @@ pub(crate) struct Generation {
     /// Longest silence between chunks before the instance is taken for stuck.
     stall_timeout: Duration,
     breakers: Arc<Breakers>,
+    /// The request's place under admission control, held until the response ends.
+    place: Option<Permit>,
     /// A failure noted while text was still to be handed out.
     pending_failure: Option<(Error, &'static str)>,
     dispatched_at: Instant,
@@ -86,6 +89,7 @@ pub(crate) struct GenerationSetup {
     pub migration: Option<Migration>,
     pub stall_timeout: Duration,
     pub breakers: Arc<Breakers>,
+    pub place: Permit,
 }
 
 impl Generation {
@@ -117,6 +121,7 @@ impl Generation {
             migration: setup.migration,
             stall_timeout: setup.stall_timeout,
             breakers: setup.breakers,
+            place: Some(setup.place),
             pending_failure: None,
         }
     }
@@ -312,6 +317,9 @@ impl Generation {
 
     /// Drops the worker's stream (cancelling whatever it still does) and its in-flight count.
     fn release_worker(&mut self) {
+        if self.done || self.finish.is_some() {
+            self.place = None;
+        }
         self.stream = Box::pin(futures::stream::empty());
         self.in_flight = None;
     }

@@ -7,6 +7,7 @@
 //! `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /openapi.json`,
 //! `GET /health`, `GET /live`, `GET /metrics`.
 
+mod admission;
 mod auth;
 mod bpe;
 mod breaker;
@@ -46,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admission::AdmissionConfig;
 pub use auth::ApiKeys;
 pub use config::FrontendConfig;
 pub use error::Error;
@@ -116,7 +118,8 @@ pub async fn serve(
 
     let policy = Arc::from(policy);
     let breakers = Arc::default();
-    let state = Arc::new(AppState { policy, kv, registry, client, config, breakers });
+    let queue = admission::Queue::default();
+    let state = Arc::new(AppState { policy, kv, registry, client, config, breakers, queue });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
     // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.

@@ -58,6 +58,10 @@ pub const INSTANCE_FAILURES_TOTAL: &str = "switchyard_frontend_instance_failures
 /// Requests let through to a failed instance once its back-off passed (at most one per
 /// back-off), by `instance`: after its first failure, no other request reaches it.
 pub const INSTANCE_PROBES_TOTAL: &str = "switchyard_frontend_instance_probes_total";
+/// Requests answered 429 by admission control, by `reason` (`queue_full`, `queue_timeout`).
+pub const ADMISSION_REJECTED_TOTAL: &str = "switchyard_frontend_admission_rejected_total";
+/// Requests waiting for a place (admission control's queue).
+pub const QUEUED_REQUESTS: &str = "switchyard_frontend_queued_requests";
 /// Responses carried on by another instance after theirs failed mid-way, by `cause`.
 pub const MIGRATIONS_TOTAL: &str = "switchyard_frontend_migrations_total";
 pub const ROUTER_SNAPSHOT_REQUESTS: &str = "switchyard_frontend_router_snapshot_requests_total";
@@ -169,6 +173,8 @@ fn describe() {
     metrics::describe_counter!(ROUTER_SNAPSHOT_REQUESTS, "KV snapshots asked of workers");
     metrics::describe_counter!(INSTANCE_FAILURES_TOTAL, "Requests instances failed, by cause");
     metrics::describe_counter!(INSTANCE_PROBES_TOTAL, "Requests let through to a failed instance");
+    metrics::describe_counter!(ADMISSION_REJECTED_TOTAL, "Requests refused with 429 by admission");
+    metrics::describe_gauge!(QUEUED_REQUESTS, "Requests waiting for a place");
     metrics::describe_counter!(MIGRATIONS_TOTAL, "Responses moved to another instance mid-way");
     metrics::describe_counter!(
         ROUTER_SNAPSHOTS_APPLIED,

@@ -13,6 +13,7 @@ use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Gate;
 use crate::error::Error;
 use crate::metrics::{ModelMetrics, instance_requests_counter};
 use crate::parsers::ParserConfig;
@@ -55,6 +56,8 @@ pub(crate) struct ModelEntry {
     pub parsers: ParserConfig,
     /// Every live instance's engine constrains output to a JSON schema.
     pub structured_output: bool,
+    /// The model's places under admission control (kept across table rebuilds).
+    pub gate: Arc<Gate>,
 }
 
 /// A snapshot of every model, swapped whole on each discovery change.
@@ -216,6 +219,7 @@ struct TableBuilder {
     counters: HashMap<String, metrics::Counter>,
     slots: HashMap<String, Arc<PreprocessorSlot>>,
     metrics: HashMap<String, Arc<ModelMetrics>>,
+    gates: HashMap<String, Arc<Gate>>,
     first_seen: HashMap<String, u64>,
     /// The last table's models: a model whose instances all left stays known (503, not 404).
     previous: BTreeMap<String, Arc<ModelEntry>>,
@@ -290,6 +294,7 @@ impl TableBuilder {
                 structured_output: records
                     .iter()
                     .all(|r| r.card.as_ref().is_some_and(|c| c.structured_output)),
+                gate: self.gates.entry(name.to_owned()).or_default().clone(),
             };
             models.insert(name.to_owned(), Arc::new(entry));
         }
@@ -309,6 +314,7 @@ impl TableBuilder {
                     metrics: gone.metrics.clone(),
                     parsers: gone.parsers,
                     structured_output: false,
+                    gate: gone.gate.clone(),
                 };
                 models.insert(name.clone(), Arc::new(entry));
             }

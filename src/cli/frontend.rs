@@ -4,15 +4,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_frontend::{ApiKeys, DisaggConfig, FrontendConfig};
+use switchyard_frontend::{AdmissionConfig, ApiKeys, DisaggConfig, FrontendConfig};
 use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::plane::PlaneArgs;
 use super::store::StoreArgs;
 use crate::env_names as env;
+
+/// Connections the kernel queues for the frontend before it accepts them.
+const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
@@ -53,6 +56,20 @@ pub struct HttpArgs {
     /// probes and scrapers).
     #[arg(long, env = env::API_KEY_PROTECT_OPS)]
     pub api_key_protect_ops: bool,
+
+    /// Admission control: requests one instance may hold from this frontend at once (a
+    /// model's places are this × its instances); 0 turns admission control off.
+    #[arg(long, env = env::MAX_INFLIGHT_PER_INSTANCE, default_value_t = 512)]
+    pub max_inflight_per_instance: usize,
+
+    /// Admission control: requests that may wait for a place (over all models); past it the
+    /// next ones get 429 with Retry-After at once.
+    #[arg(long, env = env::MAX_QUEUED_REQUESTS, default_value_t = 1024)]
+    pub max_queued_requests: usize,
+
+    /// Admission control: longest wait for a place, in seconds, before 429.
+    #[arg(long, env = env::QUEUE_TIMEOUT_SECS, default_value_t = 10)]
+    pub queue_timeout_secs: u64,
 
     /// Times a response may move to another instance when its instance fails mid-way (the
     /// stream breaks, stalls, or the worker gives it up); 0 fails it with the instance.
@@ -147,15 +164,30 @@ impl HttpArgs {
             migration_limit: self.migration_limit,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs.max(1)),
             api_keys: ApiKeys::new(keys, self.api_key_protect_ops),
+            admission: AdmissionConfig {
+                max_inflight_per_instance: self.max_inflight_per_instance,
+                max_queued: self.max_queued_requests,
+                queue_timeout: Duration::from_secs(self.queue_timeout_secs),
+            },
             ..FrontendConfig::default()
         })
     }
 
+    /// Binds the HTTP listener with a backlog of [`LISTEN_BACKLOG`], so a burst of new
+    /// connections waits to be accepted rather than being refused.
     pub async fn bind(&self) -> anyhow::Result<TcpListener> {
-        let addr = (self.http_host.as_str(), self.http_port);
-        TcpListener::bind(addr)
+        let (host, port) = (self.http_host.as_str(), self.http_port);
+        let context = || format!("binding the HTTP server to {host}:{port}");
+        let addr = tokio::net::lookup_host((host, port))
             .await
-            .with_context(|| format!("binding the HTTP server to {}:{}", addr.0, addr.1))
+            .with_context(context)?
+            .next()
+            .with_context(|| format!("{host} resolves to no address"))?;
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .with_context(context)?;
+        socket.set_reuseaddr(true).with_context(context)?;
+        socket.bind(addr).with_context(context)?;
+        socket.listen(LISTEN_BACKLOG).with_context(context)
     }
 }
 

@@ -102,6 +102,7 @@ async fn embed(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
             embed: true,
             ..GenerateRequest::default()
         };
+        let _place = state.admit(&entry).await?;
         let dispatch = state.dispatch(&entry, deadline);
         let dispatched = dispatch.send(request).await?;
         if let Some(error) = &dispatched.first.error {

@@ -18,6 +18,7 @@ use switchyard_router::{Policy, block_hashes};
 use switchyard_runtime::RequestClient;
 use tokio::time::Instant;
 
+use crate::admission::{Permit, Queue};
 use crate::breaker::Breakers;
 use crate::chat_output::ChatOutput;
 use crate::config::FrontendConfig;
@@ -42,9 +43,16 @@ pub(crate) struct AppState {
     pub policy: Arc<dyn Policy>,
     pub kv: Arc<KvRouter>,
     pub breakers: Arc<Breakers>,
+    /// Admission control's queue.
+    pub queue: Queue,
 }
 
 impl AppState {
+    /// A place for one request to `entry`: at once, after a wait, or 429.
+    pub(crate) async fn admit(&self, entry: &ModelEntry) -> Result<Permit, Error> {
+        entry.gate.admit(entry.instances.len(), &self.config.admission, &self.queue).await
+    }
+
     /// How a request for `entry` is sent, under this frontend's settings.
     pub(crate) fn dispatch(&self, entry: &Arc<ModelEntry>, deadline: Instant) -> Dispatch {
         Dispatch {
@@ -196,6 +204,10 @@ pub(crate) async fn launch(
         deadline_ms: 0,
         embed: false,
     };
+    let place = match state.admit(&entry).await {
+        Ok(place) => place,
+        Err(e) => return Err(reject(e, tracker)),
+    };
     let dispatch = state.dispatch(&entry, deadline);
     let migration = Migration::new(dispatch.clone(), &request, state.config.migration_limit);
     let dispatched_at = std::time::Instant::now();
@@ -214,6 +226,7 @@ pub(crate) async fn launch(
         migration,
         stall_timeout: state.config.stall_timeout,
         breakers: state.breakers.clone(),
+        place,
     };
     let generation = Generation::new(dispatched, setup, tracker);
     let logprobs = params.logprobs.map(|_| LogprobsOut::new(preprocessor.clone(), kind));
