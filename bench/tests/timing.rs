@@ -98,12 +98,18 @@ async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
         percentile_sorted(&d, 50.0)
     });
     eprintln!("bias at p50 (ms): TTFT {ttft:.3}, ITL {itl:.3}, E2E {e2e:.3}");
+    // Half a token's interval (4 ms here): a reading taken at the wrong chunk is caught, the
+    // scheduling noise of a busy machine is not mistaken for a bias.
+    const TOLERANCE_MS: f64 = 2.0;
     for (what, bias) in [("TTFT", ttft), ("ITL", itl), ("E2E", e2e)] {
-        assert!(bias.abs() < 1.0, "{what}: the bench reads {bias:.3} ms off the server at p50");
+        assert!(
+            bias.abs() < TOLERANCE_MS,
+            "{what}: the bench reads {bias:.3} ms off the server at p50"
+        );
     }
     let server_ttft = median_ms(logs.iter().map(|l| l.ttft()).collect());
     let bench_ttft = median_ms(records.iter().map(|r| r.ttft().unwrap()).collect());
-    assert!((bench_ttft - server_ttft).abs() < 1.0, "{bench_ttft} vs {server_ttft}");
+    assert!((bench_ttft - server_ttft).abs() < TOLERANCE_MS, "{bench_ttft} vs {server_ttft}");
 
     let m = RunMetrics::compute(&output, &tokenizer, None, None).unwrap();
     assert_eq!((m.completed, m.total_output), (40, 40 * 40));
