@@ -96,7 +96,7 @@ impl PlaneListener {
     fn address(&self, advertise_host: Option<&str>) -> Result<String> {
         Ok(match self {
             PlaneListener::Tcp(listener) => {
-                advertised_address(listener.local_addr()?, advertise_host)
+                advertised_address(listener.local_addr()?, advertise_host)?
             }
             PlaneListener::Nats { listener, .. } => listener.subject().to_owned(),
         })
@@ -172,7 +172,7 @@ pub async fn serve(
     };
     let kv_transfer_address = match &kv_transfer {
         Some(listener) => {
-            advertised_address(listener.local_addr()?, config.advertise_host.as_deref())
+            advertised_address(listener.local_addr()?, config.advertise_host.as_deref())?
         }
         None => String::new(),
     };
@@ -337,10 +337,16 @@ async fn follow_engine(
     }
 }
 
-fn advertised_address(local: SocketAddr, host: Option<&str>) -> String {
+/// The address written into the instance record: never a wildcard (0.0.0.0, ::), which
+/// no router could reach.
+fn advertised_address(local: SocketAddr, host: Option<&str>) -> Result<String> {
     match host {
-        Some(host) => format!("{host}:{}", local.port()),
-        None => local.to_string(),
+        Some(host) => Ok(format!("{host}:{}", local.port())),
+        None if local.ip().is_unspecified() => Err(Error::Config(format!(
+            "the worker binds {local}, an address routers cannot reach: give the address they \
+             reach it by with --advertise-host (SWITCHYARD_ADVERTISE_HOST)"
+        ))),
+        None => Ok(local.to_string()),
     }
 }
 
@@ -482,4 +488,21 @@ fn error_stream(error: &Error) -> ChunkStream {
         ..Default::default()
     };
     Box::pin(futures::stream::iter([Ok(chunk)]))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod advertise_tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_is_never_advertised() {
+        let any: SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        let err = advertised_address(any, None).unwrap_err().to_string();
+        assert!(err.contains("--advertise-host"), "{err}");
+        assert!(advertised_address("[::]:9000".parse().unwrap(), None).is_err());
+        assert_eq!(advertised_address(any, Some("worker-1")).unwrap(), "worker-1:9000");
+        let local: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(advertised_address(local, None).unwrap(), "127.0.0.1:9000");
+    }
 }
