@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap chromium)
+packages=(mold protobuf-compiler nats-server etcd-server python3-venv curl debootstrap chromium openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,7 +9,7 @@ use switchyard_runtime::discovery::InstanceWatch;
 use switchyard_runtime::events::{
     EventSubscriber, NatsEventSubscriber, TcpEventConfig, TcpEventSubscriber,
 };
-use switchyard_runtime::plane::nats::{self, NatsClient, NatsClientConfig};
+use switchyard_runtime::plane::nats::{self, NatsClient, NatsClientConfig, NatsSecurity};
 use switchyard_runtime::plane::tcp::{TcpClient, TcpClientConfig};
 
 use crate::env_names as env;
@@ -28,9 +28,42 @@ pub struct PlaneArgs {
     #[arg(long, env = env::REQUEST_PLANE, value_enum, default_value_t = PlaneKind::Tcp)]
     pub request_plane: PlaneKind,
 
-    /// NATS server URL [default: nats://127.0.0.1:4222; also read from NATS_SERVER].
-    #[arg(long, env = env::NATS_URL)]
+    /// NATS server URL [default: nats://127.0.0.1:4222; also read from NATS_SERVER]. User
+    /// info in it (`nats://user:pass@host`) is used to log in and never shown.
+    #[arg(long, env = env::NATS_URL, hide_env_values = true)]
     pub nats_url: Option<String>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = env::NATS_USER)]
+    pub nats_user: Option<String>,
+
+    /// NATS password.
+    #[arg(long, env = env::NATS_PASSWORD, hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(long, env = env::NATS_TOKEN, hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// NATS credentials file (`.creds`: a user JWT and nkey seed).
+    #[arg(long, env = env::NATS_CREDS)]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// PEM file of the CA that signed the NATS server's certificate (turns TLS on).
+    #[arg(long, env = env::NATS_TLS_CA)]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with --nats-tls-key).
+    #[arg(long, env = env::NATS_TLS_CERT)]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM key of --nats-tls-cert.
+    #[arg(long, env = env::NATS_TLS_KEY)]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+
+    /// Refuse a NATS connection without TLS.
+    #[arg(long, env = env::NATS_REQUIRE_TLS)]
+    pub nats_require_tls: bool,
 }
 
 impl PlaneArgs {
@@ -44,9 +77,20 @@ impl PlaneArgs {
     /// Connects to the NATS server; a clear error when it is not running.
     pub async fn connect_nats(&self) -> anyhow::Result<async_nats::Client> {
         let url = self.nats_url();
-        nats::connect(&url)
-            .await
-            .with_context(|| format!("connecting to NATS at {url} (is it running? set --nats-url)"))
+        let security = NatsSecurity {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            require_tls: self.nats_require_tls,
+        };
+        let shown = nats::split_credentials(&url).0;
+        nats::connect_secure(&url, &security).await.with_context(|| {
+            format!("connecting to NATS at {shown} (is it running? set --nats-url)")
+        })
     }
 
     /// The frontend's side of the plane.

@@ -21,6 +21,7 @@
 
 mod client;
 mod early_cancels;
+mod security;
 mod server;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ use async_nats::{ConnectOptions, HeaderMap, Message};
 use crate::{Error, Result};
 
 pub use client::{NatsClient, NatsClientConfig};
+pub use security::{NatsSecurity, split_credentials};
 pub use server::{NatsListener, NatsServerConfig, serve, serve_listener};
 
 /// Header that marks a control message; chunks carry no headers.
@@ -104,12 +106,19 @@ fn reconnect_delay(attempts: usize) -> Duration {
 /// Connects to the NATS server(s) at `url` (comma-separated URLs are tried in turn). Fails with
 /// [`Error::Connect`] when none answers; once connected, the client reconnects by itself.
 pub async fn connect(url: &str) -> Result<async_nats::Client> {
-    connect_with(url, connect_options()).await
+    connect_secure(url, &NatsSecurity::default()).await
+}
+
+/// [`connect`] with credentials and TLS settings; errors show the URL without user info.
+pub async fn connect_secure(url: &str, security: &NatsSecurity) -> Result<async_nats::Client> {
+    let (clean, options) = security.apply(url, connect_options()).await?;
+    connect_with(&clean, options).await
 }
 
 /// [`connect`] with the caller's options.
 pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<async_nats::Client> {
-    let connect_error = |reason: String| Error::Connect { address: url.to_owned(), reason };
+    let shown = split_credentials(url).0;
+    let connect_error = |reason: String| Error::Connect { address: shown.clone(), reason };
     // async-nats bounds each attempt; this bounds the whole of it, whatever the options say.
     let limit = DEFAULT_CONNECT_TIMEOUT * 2;
     match tokio::time::timeout(limit, options.connect(url)).await {

@@ -33,18 +33,26 @@ pub struct NatsServer {
     /// Holds `nats.log`, the server's output over every run.
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Flags beyond address and port (authentication, TLS).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a nats-server on a free port and waits until it greets clients; panics with its
     /// log if it does not.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// [`NatsServer::start`] with further flags, e.g. `--user`/`--pass` or `--tls…`.
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let binary = find_binary();
         let dir = tempfile::Builder::new()
             .prefix("switchyard-nats-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for nats-server: {e}"));
-        let mut server = NatsServer { binary, port: 0, dir, child: None };
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut server = NatsServer { binary, port: 0, dir, child: None, extra };
         for attempt in 1..=START_ATTEMPTS {
             server.port = free_port();
             match server.spawn_and_wait() {
@@ -107,6 +115,7 @@ impl NatsServer {
         let log_err = log.try_clone().map_err(|e| format!("cannot clone the log handle: {e}"))?;
         let child = Command::new(&self.binary)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
