@@ -124,11 +124,45 @@ impl PlaneArgs {
 
     /// Flags that give a child process the same plane.
     pub fn to_flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> = vec!["--request-plane".into()];
         match self.request_plane {
-            PlaneKind::Tcp => vec!["--request-plane".into(), "tcp".into()],
-            PlaneKind::Nats => {
-                vec!["--request-plane".into(), "nats".into(), "--nats-url".into(), self.nats_url()]
+            PlaneKind::Tcp => flags.push("tcp".into()),
+            PlaneKind::Nats => flags.push("nats".into()),
+        }
+        let paths = [
+            ("--nats-creds", &self.nats_creds),
+            ("--nats-tls-ca", &self.nats_tls_ca),
+            ("--nats-tls-cert", &self.nats_tls_cert),
+            ("--nats-tls-key", &self.nats_tls_key),
+        ];
+        for (flag, path) in paths {
+            if let Some(path) = path {
+                flags.extend([flag.to_owned(), path.display().to_string()]);
             }
         }
+        if let Some(user) = &self.nats_user {
+            flags.extend(["--nats-user".to_owned(), user.clone()]);
+        }
+        if self.nats_require_tls {
+            flags.push("--nats-require-tls".into());
+        }
+        flags
+    }
+
+    /// What a child process gets in its environment rather than on its command line, where
+    /// any user of the machine could read it: the NATS URL (it may hold a password) and the
+    /// secrets.
+    pub fn secret_env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if self.request_plane == PlaneKind::Nats {
+            vars.push((env::NATS_URL, self.nats_url()));
+        }
+        if let Some(password) = &self.nats_password {
+            vars.push((env::NATS_PASSWORD, password.clone()));
+        }
+        if let Some(token) = &self.nats_token {
+            vars.push((env::NATS_TOKEN, token.clone()));
+        }
+        vars
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use switchyard_runtime::store::etcd::EtcdStore;
+use switchyard_runtime::store::etcd::{EtcdSecurity, EtcdStore};
 use switchyard_runtime::store::file::FileStore;
 use switchyard_runtime::store::memory::MemoryStore;
 use switchyard_runtime::{Discovery, KvStore};
@@ -40,6 +40,26 @@ pub struct StoreArgs {
     #[arg(long, env = env::ETCD_ENDPOINTS, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
 
+    /// etcd user (etcd's authentication), with --etcd-password.
+    #[arg(long, env = env::ETCD_USER)]
+    pub etcd_user: Option<String>,
+
+    /// etcd password.
+    #[arg(long, env = env::ETCD_PASSWORD, hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
+    /// PEM file of the CA that signed etcd's certificate (endpoints then given as https://).
+    #[arg(long, env = env::ETCD_TLS_CA)]
+    pub etcd_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for an etcd that verifies clients (with --etcd-tls-key).
+    #[arg(long, env = env::ETCD_TLS_CERT)]
+    pub etcd_tls_cert: Option<PathBuf>,
+
+    /// PEM key of --etcd-tls-cert.
+    #[arg(long, env = env::ETCD_TLS_KEY)]
+    pub etcd_tls_key: Option<PathBuf>,
+
     /// Namespace: frontends see only the workers of their namespace.
     #[arg(long, env = env::NAMESPACE, default_value = "default")]
     pub namespace: String,
@@ -50,6 +70,11 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The etcd password, for a child's environment (not its command line).
+    pub fn secret_env(&self) -> Vec<(&'static str, String)> {
+        self.etcd_password.iter().map(|p| (env::ETCD_PASSWORD, p.clone())).collect()
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.store_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("switchyard-store"))
     }
@@ -82,7 +107,14 @@ impl StoreArgs {
             }
             StoreKind::Etcd => {
                 let endpoints = self.etcd_endpoints();
-                let store = EtcdStore::connect(&endpoints, ETCD_CONNECT_TIMEOUT)
+                let security = EtcdSecurity {
+                    user: self.etcd_user.clone(),
+                    password: self.etcd_password.clone(),
+                    tls_ca: self.etcd_tls_ca.clone(),
+                    tls_cert: self.etcd_tls_cert.clone(),
+                    tls_key: self.etcd_tls_key.clone(),
+                };
+                let store = EtcdStore::connect_secure(&endpoints, ETCD_CONNECT_TIMEOUT, &security)
                     .await
                     .with_context(|| {
                         format!(

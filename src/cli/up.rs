@@ -308,6 +308,8 @@ impl Topology {
                         .args(worker_args(&store, &args.serve))
                         .args(["--role", role.name()])
                         .args(args.plane.to_flags())
+                        .envs(args.plane.secret_env())
+                        .envs(store.secret_env())
                         .spawn()
                         .with_context(|| format!("starting worker {i}"))?;
                     pids.extend(child.id().map(|pid| (label, pid)));
@@ -381,6 +383,19 @@ fn store_flags(store: &StoreArgs) -> Vec<OsString> {
         StoreKind::Etcd => {
             flag("store", "etcd".into());
             flag("etcd-endpoints", store.etcd_endpoints().join(","));
+            if let Some(user) = &store.etcd_user {
+                flag("etcd-user", user.clone());
+            }
+            let paths = [
+                ("etcd-tls-ca", &store.etcd_tls_ca),
+                ("etcd-tls-cert", &store.etcd_tls_cert),
+                ("etcd-tls-key", &store.etcd_tls_key),
+            ];
+            for (name, path) in paths {
+                if let Some(path) = path {
+                    flag(name, path.display().to_string());
+                }
+            }
         }
         StoreKind::File | StoreKind::Memory => {
             flag("store", "file".into());
@@ -404,6 +419,16 @@ async fn start_frontend_child(
     let h = &args.http;
     let mut command = child_command(args, "frontend")?;
     command.arg("frontend").args(store_flags(store)).args(args.plane.to_flags());
+    command.envs(args.plane.secret_env()).envs(store.secret_env());
+    if !h.api_keys.is_empty() {
+        command.env(env::API_KEY, h.api_keys.join(","));
+    }
+    if let Some(file) = &h.api_key_file {
+        command.arg("--api-key-file").arg(file);
+    }
+    if h.api_key_protect_ops {
+        command.arg("--api-key-protect-ops");
+    }
     for (name, value) in [
         ("http-host", host.to_owned()),
         ("http-port", port.to_string()),
@@ -416,6 +441,11 @@ async fn start_frontend_child(
         ("kv-decision-ttl-secs", h.kv.kv_decision_ttl_secs.to_string()),
         ("max-body-bytes", h.max_body_bytes.to_string()),
         ("request-timeout-secs", h.request_timeout_secs.to_string()),
+        ("migration-limit", h.migration_limit.to_string()),
+        ("stall-timeout-secs", h.stall_timeout_secs.to_string()),
+        ("max-inflight-per-instance", h.max_inflight_per_instance.to_string()),
+        ("max-queued-requests", h.max_queued_requests.to_string()),
+        ("queue-timeout-secs", h.queue_timeout_secs.to_string()),
     ] {
         command.arg(format!("--{name}")).arg(value);
     }

@@ -43,6 +43,88 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Events a watch may queue before its task waits for the reader.
 const WATCH_BUFFER: usize = 64;
 
+/// How to log in to etcd and secure the connection. Secrets never appear in `Debug` output
+/// or errors.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    /// User and password of etcd's authentication.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed etcd's certificate; needed for `https://` endpoints.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for an etcd started with `--client-cert-auth`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+impl EtcdSecurity {
+    /// `options` with these settings; endpoints given as `https://` need a CA.
+    fn apply(&self, endpoints: &[String], mut options: ConnectOptions) -> Result<ConnectOptions> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                Error::Config(format!("cannot read the etcd {what} {}: {e}", path.display()))
+            })
+        };
+        match (&self.user, &self.password) {
+            (Some(user), password) => {
+                // etcd's tokens expire (5 min by default); a long-lived worker logs in again.
+                options = options
+                    .with_user(user.clone(), password.clone().unwrap_or_default())
+                    .with_auto_token_refresh(true);
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config("an etcd password needs a user (--etcd-user)".into()));
+            }
+            (None, None) => {}
+        }
+        let https = endpoints.iter().any(|e| e.starts_with("https://"));
+        if https && self.tls_ca.is_none() {
+            return Err(Error::Config(
+                "https:// etcd endpoints need the CA of etcd's certificate (--etcd-tls-ca)".into(),
+            ));
+        }
+        if let Some(ca) = &self.tls_ca {
+            if !https {
+                return Err(Error::Config(
+                    "with --etcd-tls-ca, give the etcd endpoints as https://".into(),
+                ));
+            }
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("CA", ca)?));
+            match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let identity = etcd_client::Identity::from_pem(
+                        read("client certificate", cert)?,
+                        read("client key", key)?,
+                    );
+                    tls = tls.identity(identity);
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Config(
+                        "an etcd client certificate needs both --etcd-tls-cert and --etcd-tls-key"
+                            .into(),
+                    ));
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+}
+
 /// A [`KvStore`] on an etcd cluster. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -70,6 +152,15 @@ impl EtcdStore {
     /// Connects to the etcd cluster at `endpoints` (`http://host:port` or `host:port`) and checks
     /// that an etcd answers, all within `connect_timeout`; [`Error::Connect`] otherwise.
     pub async fn connect(endpoints: &[String], connect_timeout: Duration) -> Result<EtcdStore> {
+        EtcdStore::connect_secure(endpoints, connect_timeout, &EtcdSecurity::default()).await
+    }
+
+    /// [`EtcdStore::connect`] with authentication and TLS.
+    pub async fn connect_secure(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        security: &EtcdSecurity,
+    ) -> Result<EtcdStore> {
         if endpoints.is_empty() {
             return Err(Error::Config("no etcd endpoint given".to_owned()));
         }
@@ -83,6 +174,7 @@ impl EtcdStore {
             // A member cut off from its cluster then fails requests and ends watches, so that
             // callers retry (on another endpoint) instead of reading a stale view.
             .with_require_leader(true);
+        let options = security.apply(endpoints, options)?;
         let attempt = async {
             // The client connects lazily and its requests wait for a connection, so nothing
             // listening would show only as a timeout; a TCP connect says "refused" at once.

@@ -34,23 +34,45 @@ pub struct EtcdServer {
     /// Holds `data/` (etcd's data directory) and `etcd.log` (its output over every run).
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Serving clients over TLS only: (CA, certificate, key) PEM files; clients must present
+    /// a certificate the CA signed. `/health` is then served on `metrics_port`, plain.
+    tls: Option<[PathBuf; 3]>,
+    metrics_port: u16,
 }
 
 impl EtcdServer {
+    /// [`EtcdServer::start`] serving clients over TLS only, verifying their certificates.
+    pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> EtcdServer {
+        EtcdServer::start_with(Some([ca, cert, key]))
+    }
+
     /// Starts an etcd on free ports and waits until it answers; panics with etcd's log if it
     /// does not.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(None)
+    }
+
+    fn start_with(tls: Option<[PathBuf; 3]>) -> EtcdServer {
         let binary = find_binary();
         let dir = tempfile::Builder::new()
             .prefix("switchyard-etcd-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for etcd: {e}"));
         let name = format!("test-{}", std::process::id());
-        let mut server =
-            EtcdServer { binary, name, client_port: 0, peer_port: 0, dir, child: None };
+        let mut server = EtcdServer {
+            binary,
+            name,
+            client_port: 0,
+            peer_port: 0,
+            dir,
+            child: None,
+            tls,
+            metrics_port: 0,
+        };
         for attempt in 1..=START_ATTEMPTS {
             server.client_port = free_port();
             server.peer_port = free_port();
+            server.metrics_port = free_port();
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(e) if attempt < START_ATTEMPTS => {
@@ -65,7 +87,8 @@ impl EtcdServer {
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn client_port(&self) -> u16 {
@@ -140,7 +163,19 @@ impl EtcdServer {
         let log_err = log.try_clone().map_err(|e| format!("cannot clone the log handle: {e}"))?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some([ca, cert, key]) = &self.tls {
+            let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
+            command
+                .args(["--listen-metrics-urls", &metrics, "--client-cert-auth"])
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -161,7 +196,8 @@ impl EtcdServer {
 
     /// Polls etcd's `/health` (served on the client port) until it reports a leader.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let address = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let port = if self.tls.is_some() { self.metrics_port } else { self.client_port };
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
