@@ -11,6 +11,7 @@ use switchyard_runtime::events::{
 };
 use switchyard_runtime::plane::nats::{self, NatsClient, NatsClientConfig, NatsSecurity};
 use switchyard_runtime::plane::tcp::{TcpClient, TcpClientConfig};
+use switchyard_runtime::plane::tls::PlaneTls;
 
 use crate::env_names as env;
 
@@ -64,6 +65,23 @@ pub struct PlaneArgs {
     /// Refuse a NATS connection without TLS.
     #[arg(long, env = env::NATS_REQUIRE_TLS)]
     pub nats_require_tls: bool,
+
+    /// TCP plane over TLS (requests, event streams, KV transfer): PEM file of the CA that
+    /// signed every process's certificate. Needs --plane-tls-cert and --plane-tls-key.
+    #[arg(long, env = env::PLANE_TLS_CA)]
+    pub plane_tls_ca: Option<std::path::PathBuf>,
+
+    /// This process's PEM certificate (workers: for the host they advertise).
+    #[arg(long, env = env::PLANE_TLS_CERT)]
+    pub plane_tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM key of --plane-tls-cert.
+    #[arg(long, env = env::PLANE_TLS_KEY)]
+    pub plane_tls_key: Option<std::path::PathBuf>,
+
+    /// Workers accept only clients with a certificate the CA signed (mutual TLS).
+    #[arg(long, env = env::PLANE_TLS_VERIFY_CLIENTS)]
+    pub plane_tls_verify_clients: bool,
 }
 
 impl PlaneArgs {
@@ -72,6 +90,26 @@ impl PlaneArgs {
             .clone()
             .or_else(|| env::compat(env::NATS_URL_COMPAT))
             .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
+    }
+
+    /// The TCP plane's TLS, when its files are given.
+    pub fn plane_tls(&self) -> anyhow::Result<Option<PlaneTls>> {
+        let (ca, cert, key) = (&self.plane_tls_ca, &self.plane_tls_cert, &self.plane_tls_key);
+        match (ca, cert, key) {
+            (None, None, None) => {
+                anyhow::ensure!(
+                    !self.plane_tls_verify_clients,
+                    "--plane-tls-verify-clients needs --plane-tls-ca, --plane-tls-cert and --plane-tls-key"
+                );
+                Ok(None)
+            }
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some(PlaneTls::load(ca, cert, key, self.plane_tls_verify_clients)?))
+            }
+            _ => anyhow::bail!(
+                "TLS on the TCP plane needs all of --plane-tls-ca, --plane-tls-cert and --plane-tls-key"
+            ),
+        }
     }
 
     /// Connects to the NATS server; a clear error when it is not running.
@@ -96,7 +134,10 @@ impl PlaneArgs {
     /// The frontend's side of the plane.
     pub async fn client(&self) -> anyhow::Result<Arc<dyn RequestClient>> {
         Ok(match self.request_plane {
-            PlaneKind::Tcp => Arc::new(TcpClient::new(TcpClientConfig::default())),
+            PlaneKind::Tcp => Arc::new(TcpClient::new(TcpClientConfig {
+                tls: self.plane_tls()?,
+                ..TcpClientConfig::default()
+            })),
             PlaneKind::Nats => {
                 let client = self.connect_nats().await?;
                 Arc::new(NatsClient::new(client, NatsClientConfig::default()).await?)
@@ -113,7 +154,8 @@ impl PlaneArgs {
     ) -> anyhow::Result<Arc<dyn EventSubscriber>> {
         Ok(match self.request_plane {
             PlaneKind::Tcp => {
-                Arc::new(TcpEventSubscriber::new(instances.subscribe(), TcpEventConfig::default()))
+                let config = TcpEventConfig { tls: self.plane_tls()?, ..TcpEventConfig::default() };
+                Arc::new(TcpEventSubscriber::new(instances.subscribe(), config))
             }
             PlaneKind::Nats => {
                 let client = self.connect_nats().await?;
@@ -130,6 +172,9 @@ impl PlaneArgs {
             PlaneKind::Nats => flags.push("nats".into()),
         }
         let paths = [
+            ("--plane-tls-ca", &self.plane_tls_ca),
+            ("--plane-tls-cert", &self.plane_tls_cert),
+            ("--plane-tls-key", &self.plane_tls_key),
             ("--nats-creds", &self.nats_creds),
             ("--nats-tls-ca", &self.nats_tls_ca),
             ("--nats-tls-cert", &self.nats_tls_cert),
@@ -145,6 +190,9 @@ impl PlaneArgs {
         }
         if self.nats_require_tls {
             flags.push("--nats-require-tls".into());
+        }
+        if self.plane_tls_verify_clients {
+            flags.push("--plane-tls-verify-clients".into());
         }
         flags
     }

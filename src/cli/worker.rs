@@ -330,6 +330,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         lease_ttl: args.store.lease_ttl()?,
         status: status.as_ref().map(|s| s.status.clone()),
         gpus: inventory.gpus,
+        plane_tls: args.plane.plane_tls()?,
         ..WorkerConfig::default()
     };
     let served = serve(

@@ -2,6 +2,9 @@
 //! frontend and worker that must serve one request, a worker that must fail to connect.
 //! Included by those tests only (`#[path = "support/secure.rs"] mod secure;`).
 
+// Each including test uses its own part of this file.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -69,7 +72,8 @@ pub fn certificates(dir: &Path) -> Certs {
     ca.extend_from_slice(&ec);
     ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem"]);
     openssl(dir, &ca);
-    let server_ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+    // The server certificate serves as a client's too (the TCP plane's processes are both).
+    let server_ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
     std::fs::write(dir.join("server.ext"), server_ext).unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for name in ["server", "client"] {

@@ -15,10 +15,11 @@ use switchyard_proto::kv_transfer_client::KvTransferClient;
 use switchyard_proto::kv_transfer_server::{KvTransfer, KvTransferServer};
 use switchyard_proto::{KvHandle, KvPullChunk, KvPullRequest};
 use switchyard_runtime::plane::tcp::accept_until;
+use switchyard_runtime::plane::tls::PlaneTls;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -43,12 +44,19 @@ pub const TRANSFER_FAILURES_TOTAL: &str = "switchyard_worker_kv_transfer_failure
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<dyn Engine>,
+    tls: Option<PlaneTls>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let service = KvTransferService { engine };
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| Error::Config(format!("the plane's TLS settings: {e}")))?;
+    }
     // Decode workers keep their connections open between pulls, so after shutdown the
     // server gets a short grace for pulls under way, then is dropped with its connections.
-    let server = Server::builder()
+    let server = builder
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
         .add_service(KvTransferServer::new(service))
@@ -104,11 +112,12 @@ pub struct KvPuller {
     channels: Mutex<HashMap<String, Channel>>,
     /// Bound on one whole pull, connection included.
     timeout: Duration,
+    tls: Option<PlaneTls>,
 }
 
 impl KvPuller {
-    pub fn new(timeout: Duration) -> KvPuller {
-        KvPuller { channels: Mutex::default(), timeout }
+    pub fn new(timeout: Duration, tls: Option<PlaneTls>) -> KvPuller {
+        KvPuller { channels: Mutex::default(), timeout, tls }
     }
 
     /// The bytes `handle` names, checked chunk by chunk, and how long the pull took.
@@ -172,7 +181,7 @@ impl KvPuller {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = switchyard_runtime::plane::tls::endpoint(address, self.tls.as_ref())
             .map_err(|e| Error::Engine(format!("KV transfer address {address:?}: {e}")))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true)

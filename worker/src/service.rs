@@ -23,6 +23,7 @@ use switchyard_runtime::events::{
 };
 use switchyard_runtime::plane::nats::{self, NatsListener, NatsServerConfig};
 use switchyard_runtime::plane::tcp::{self, TcpServerConfig};
+use switchyard_runtime::plane::tls::PlaneTls;
 use switchyard_runtime::{ChunkStream, Discovery, GenerateHandler, Registration};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -58,6 +59,8 @@ pub struct WorkerConfig {
     /// (`--reasoning-parser`, `--tool-call-parser`); `None` keeps the engine's card as it is.
     pub reasoning_parser: Option<String>,
     pub tool_call_parser: Option<String>,
+    /// TLS of the TCP request plane, event stream and KV transfer.
+    pub plane_tls: Option<PlaneTls>,
 }
 
 impl Default for WorkerConfig {
@@ -73,6 +76,7 @@ impl Default for WorkerConfig {
             kv_pull_timeout: Duration::from_secs(10),
             reasoning_parser: None,
             tool_call_parser: None,
+            plane_tls: None,
         }
     }
 }
@@ -115,6 +119,7 @@ impl PlaneListener {
         self,
         instance_id: &str,
         handler: Arc<dyn GenerateHandler>,
+        tls: Option<PlaneTls>,
         stop: CancellationToken,
     ) -> (ServerFuture, Arc<dyn EventPublisher>) {
         match self {
@@ -125,7 +130,7 @@ impl PlaneListener {
                     handler,
                     hub.clone(),
                     stop,
-                    TcpServerConfig::default(),
+                    TcpServerConfig { tls, ..TcpServerConfig::default() },
                 );
                 (Box::pin(server), Arc::new(hub))
             }
@@ -201,7 +206,7 @@ pub async fn serve(
         metrics,
         instance_id: instance_id.clone(),
         kv_transfer_address,
-        puller: KvPuller::new(config.kv_pull_timeout),
+        puller: KvPuller::new(config.kv_pull_timeout, config.plane_tls.clone()),
         draining: CancellationToken::new(),
         cancel_all: CancellationToken::new(),
         in_flight: TaskTracker::new(),
@@ -210,10 +215,13 @@ pub async fn serve(
     // The KvTransfer server stops with the request plane: after the drain, so decode workers
     // can still pull what this worker's last prefills left.
     let transfer_server = kv_transfer.map(|listener| {
-        let server = kv_transfer::serve(listener, handler.engine.clone(), plane_stop.clone());
+        let tls = config.plane_tls.clone();
+        let server = kv_transfer::serve(listener, handler.engine.clone(), tls, plane_stop.clone());
         tokio::spawn(server)
     });
-    let (server, publisher) = listener.start(&instance_id, handler.clone(), plane_stop.clone());
+    let tls = config.plane_tls.clone();
+    let (server, publisher) =
+        listener.start(&instance_id, handler.clone(), tls, plane_stop.clone());
     let server = tokio::spawn(server);
     // KV events and load reports go out from before registration until the server stops.
     let events_stop = plane_stop.child_token();

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::plane::tls::PlaneTls;
 use async_trait::async_trait;
 use futures::StreamExt;
 use switchyard_proto::worker_client::WorkerClient;
@@ -16,7 +17,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
-use tonic::transport::Endpoint;
 use tracing::{debug, warn};
 
 use super::{EventStream, EventSubscriber};
@@ -42,6 +42,8 @@ pub struct TcpEventConfig {
     /// Events that may wait for the reader; past that, workers' streams wait (HTTP/2 flow
     /// control), and a worker that falls too far behind skips events.
     pub buffer: usize,
+    /// Reach workers over TLS.
+    pub tls: Option<PlaneTls>,
 }
 
 impl Default for TcpEventConfig {
@@ -51,6 +53,7 @@ impl Default for TcpEventConfig {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
             buffer: 4096,
+            tls: None,
         }
     }
 }
@@ -298,14 +301,8 @@ impl InstanceStream {
     async fn open(&self) -> Result<tonic::codec::Streaming<WorkerEvent>> {
         let connect_error =
             |reason: String| Error::Connect { address: self.address.clone(), reason };
-        let uri = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
-        };
         let limit = self.config.connect_timeout;
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| connect_error(format!("invalid address: {e}")))?
+        let endpoint = crate::plane::tls::endpoint(&self.address, self.config.tls.as_ref())?
             .connect_timeout(limit)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

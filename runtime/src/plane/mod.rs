@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod nats;
 pub mod tcp;
+pub mod tls;
 
 use std::pin::Pin;
 

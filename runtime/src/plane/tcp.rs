@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::Streaming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status};
 
 use super::{ChunkStream, GenerateHandler, RequestClient};
@@ -43,6 +43,7 @@ const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 use super::error_chunk;
 pub use super::is_final;
+use super::tls::PlaneTls;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -50,11 +51,13 @@ pub struct TcpServerConfig {
     /// After shutdown is asked for, how long in-flight streams may run on before they are ended
     /// with a `SHUTTING_DOWN` error chunk (so the frontend can retry elsewhere).
     pub shutdown_grace: Duration,
+    /// Serve over TLS.
+    pub tls: Option<PlaneTls>,
 }
 
 impl Default for TcpServerConfig {
     fn default() -> Self {
-        TcpServerConfig { shutdown_grace: DEFAULT_SHUTDOWN_GRACE }
+        TcpServerConfig { shutdown_grace: DEFAULT_SHUTDOWN_GRACE, tls: None }
     }
 }
 
@@ -107,7 +110,13 @@ async fn serve_service(
     // connections drain, so new connections would sit in the backlog unanswered instead of
     // being refused, and their callers could not turn to another worker at once.
     let never = std::future::pending::<()>();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| Error::Config(format!("the plane's TLS settings: {e}")))?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(WorkerServer::new(service))
@@ -241,6 +250,8 @@ pub struct TcpClientConfig {
     /// Longest wait for the response to start, and then for each next chunk. Generous: a worker
     /// may queue a request or prefill a long prompt before its first token.
     pub chunk_timeout: Duration,
+    /// Reach workers over TLS.
+    pub tls: Option<PlaneTls>,
 }
 
 impl Default for TcpClientConfig {
@@ -248,6 +259,7 @@ impl Default for TcpClientConfig {
         TcpClientConfig {
             connect_timeout: Duration::from_secs(2),
             chunk_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -293,10 +305,7 @@ impl TcpClient {
 
     async fn connect(&self, address: &str) -> Result<Channel> {
         let connect_error = |reason: String| Error::Connect { address: address.to_owned(), reason };
-        let uri =
-            if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| connect_error(format!("invalid address: {e}")))?
+        let endpoint = super::tls::endpoint(address, self.config.tls.as_ref())?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(CLIENT_KEEPALIVE_INTERVAL)
