@@ -148,7 +148,10 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_ones() {
 async fn streams_past_the_grace_end_with_a_shutting_down_chunk() {
     let tracker = TaskTracker::new();
     let handler = TestHandler::new(Script::Complete);
-    let config = TcpServerConfig { shutdown_grace: Duration::from_millis(300) };
+    let config = TcpServerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..TcpServerConfig::default()
+    };
     let (address, shutdown, served) = start_server(&tracker, handler.clone(), config).await;
     let client = TcpClient::new(TcpClientConfig::default());
     let mut stream = timeout(LIMIT, client.generate(&address, request("long", 1_000_000)))
