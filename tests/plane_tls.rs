@@ -34,7 +34,11 @@ async fn requests_events_and_kv_handoffs_over_mutual_tls() {
     // Aggregated: one worker, its events and its requests over TLS.
     secure::serve_one_request(&flags).await;
 
-    // Split: a prefill and a decode worker; the decode worker pulls the KV over TLS.
+    // Split: a prefill and a decode worker (a store of their own); the decode worker pulls
+    // the KV over TLS.
+    let split_store = dir.path().join("split").to_str().unwrap().to_owned();
+    let base = ["--store", "file", "--store-dir", &split_store];
+    let flags: Vec<&str> = [&base[..], &tls[..]].concat();
     let workers: Vec<Proc> = ["prefill", "decode"]
         .iter()
         .map(|role| {
@@ -49,6 +53,11 @@ async fn requests_events_and_kv_handoffs_over_mutual_tls() {
     let mut frontend = spawn("frontend", &args);
     let url = url_in(&wait_for_line(&mut frontend, "listening on"));
     let http = support::client();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while support::get_json(&http, &format!("{url}/health")).await.1["instances"][MODEL] != 2 {
+        assert!(std::time::Instant::now() < deadline, "the split workers did not register");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let prompt = "a prompt long enough to be prefilled on the prefill worker ".repeat(8);
     let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 8});
     let deadline = std::time::Instant::now() + support::WAIT;
