@@ -90,3 +90,52 @@ async fn a_burst_past_capacity_gets_quick_429s_and_the_admitted_complete() {
     let (status, body) = t.post("/v1/completions", &body).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Whether the server closed `stream` within `limit` (a read sees the end, or an error).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // A response (e.g. 408) before the close.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let limits = ["--http-header-timeout-secs", "1", "--max-connections", "40"];
+    let t = Topology::start_on(Mode::FILE_TCP, &[MODEL], &limits).await;
+    let address = t.url.trim_start_matches("http://").to_owned();
+    // Slow clients: a request line and one header, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Past the cap, a connection is closed at once.
+    let mut over = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await, "no cap on connections");
+    // The header timeout closes every slow one.
+    let started = Instant::now();
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "a slow client kept its connection"
+        );
+    }
+    eprintln!("40 slow clients cut off {:?} after the cap was checked", started.elapsed());
+    let metrics = t.metrics().await;
+    assert!(metrics.contains("switchyard_frontend_connections_refused_total"), "{metrics}");
+    let (status, body) =
+        t.post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2})).await;
+    assert_eq!(status, 200, "{body}");
+}

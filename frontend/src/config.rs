@@ -9,6 +9,7 @@ use switchyard_runtime::events::EventSubscriber;
 
 use crate::admission::AdmissionConfig;
 use crate::auth::ApiKeys;
+use crate::http_server::HttpLimits;
 
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub struct FrontendConfig {
     /// Longest silence between two chunks of a response before its instance is taken for
     /// stuck and the response moves on.
     pub stall_timeout: Duration,
+    /// The HTTP server's connection cap and header timeout.
+    pub http: HttpLimits,
     /// Places per instance and the queue in front of them.
     pub admission: AdmissionConfig,
     /// API keys the frontend accepts (none: no key needed).
@@ -66,6 +69,7 @@ impl Default for FrontendConfig {
             stall_timeout: Duration::from_secs(30),
             api_keys: ApiKeys::default(),
             admission: AdmissionConfig::default(),
+            http: HttpLimits::default(),
             default_max_tokens: 8192,
         }
     }
@@ -87,6 +91,7 @@ impl fmt::Debug for FrontendConfig {
             .field("stall_timeout", &self.stall_timeout)
             .field("api_keys", &self.api_keys)
             .field("admission", &self.admission)
+            .field("http", &self.http)
             .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }

@@ -19,6 +19,7 @@ mod error;
 mod generation;
 mod handlers;
 mod health;
+mod http_server;
 mod kv_router;
 mod logprobs;
 pub mod metrics;
@@ -40,7 +41,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use switchyard_runtime::RequestClient;
 use switchyard_runtime::discovery::Discovery;
 use tokio::net::TcpListener;
@@ -51,6 +51,7 @@ pub use admission::AdmissionConfig;
 pub use auth::ApiKeys;
 pub use config::FrontendConfig;
 pub use error::Error;
+pub use http_server::HttpLimits;
 pub use parsers::{ReasoningParserKind, ToolParserKind};
 use switchyard_router::RoutingConfig;
 pub use switchyard_router::{DisaggConfig, PolicyKind};
@@ -84,7 +85,8 @@ const TASKS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Follows `discovery` for the live instances and reaches them through `client`; with
 /// `config.events`, follows the workers' KV events and load reports too. Returns once the
 /// server has stopped; an error only when discovery cannot be read at start, the event plane
-/// cannot be subscribed to, the policy settings are invalid, or the listener fails.
+/// cannot be subscribed to, or the policy settings are invalid (a failed accept is logged and
+/// the next one tried).
 pub async fn serve(
     listener: TcpListener,
     config: FrontendConfig,
@@ -117,25 +119,20 @@ pub async fn serve(
     tasks.spawn(kv.clone().run(registry.changes(), config.events.clone(), events, stop.clone()));
 
     let policy = Arc::from(policy);
+    // Open requests may finish within their own limit.
+    let limits = HttpLimits { drain_timeout: config.request_timeout, ..config.http };
     let breakers = Arc::default();
     let queue = admission::Queue::default();
     let state = Arc::new(AppState { policy, kv, registry, client, config, breakers, queue });
     let app = router(state);
     tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
-    // Streaming over a kept-alive connection must not wait on Nagle and delayed ACKs.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    http_server::serve(listener, app, limits, shutdown.clone()).await;
     stop.cancel();
     tasks.close();
     if tokio::time::timeout(TASKS_DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
         tracing::warn!("background tasks still running after shutdown");
     }
-    served.map_err(Error::Io)
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -62,6 +62,8 @@ pub const INSTANCE_PROBES_TOTAL: &str = "switchyard_frontend_instance_probes_tot
 pub const ADMISSION_REJECTED_TOTAL: &str = "switchyard_frontend_admission_rejected_total";
 /// Requests waiting for a place (admission control's queue).
 pub const QUEUED_REQUESTS: &str = "switchyard_frontend_queued_requests";
+/// Connections closed unanswered because the frontend had its most open already.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "switchyard_frontend_connections_refused_total";
 /// Responses carried on by another instance after theirs failed mid-way, by `cause`.
 pub const MIGRATIONS_TOTAL: &str = "switchyard_frontend_migrations_total";
 pub const ROUTER_SNAPSHOT_REQUESTS: &str = "switchyard_frontend_router_snapshot_requests_total";
@@ -175,6 +177,7 @@ fn describe() {
     metrics::describe_counter!(INSTANCE_PROBES_TOTAL, "Requests let through to a failed instance");
     metrics::describe_counter!(ADMISSION_REJECTED_TOTAL, "Requests refused with 429 by admission");
     metrics::describe_gauge!(QUEUED_REQUESTS, "Requests waiting for a place");
+    metrics::describe_counter!(CONNECTIONS_REFUSED_TOTAL, "Connections closed over the cap");
     metrics::describe_counter!(MIGRATIONS_TOTAL, "Responses moved to another instance mid-way");
     metrics::describe_counter!(
         ROUTER_SNAPSHOTS_APPLIED,

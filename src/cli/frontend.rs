@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_frontend::{AdmissionConfig, ApiKeys, DisaggConfig, FrontendConfig};
+use switchyard_frontend::{AdmissionConfig, ApiKeys, DisaggConfig, FrontendConfig, HttpLimits};
 use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
 use tokio::net::{TcpListener, TcpSocket};
@@ -70,6 +70,15 @@ pub struct HttpArgs {
     /// Admission control: longest wait for a place, in seconds, before 429.
     #[arg(long, env = env::QUEUE_TIMEOUT_SECS, default_value_t = 10)]
     pub queue_timeout_secs: u64,
+
+    /// Open HTTP connections at most; past it new ones are closed unanswered.
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest wait for a request's headers, in seconds; also closes a kept-alive connection
+    /// idle that long.
+    #[arg(long, env = env::HTTP_HEADER_TIMEOUT_SECS, default_value_t = 30)]
+    pub http_header_timeout_secs: u64,
 
     /// Times a response may move to another instance when its instance fails mid-way (the
     /// stream breaks, stalls, or the worker gives it up); 0 fails it with the instance.
@@ -164,6 +173,11 @@ impl HttpArgs {
             migration_limit: self.migration_limit,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs.max(1)),
             api_keys: ApiKeys::new(keys, self.api_key_protect_ops),
+            http: HttpLimits {
+                max_connections: self.max_connections,
+                header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+                ..HttpLimits::default()
+            },
             admission: AdmissionConfig {
                 max_inflight_per_instance: self.max_inflight_per_instance,
                 max_queued: self.max_queued_requests,

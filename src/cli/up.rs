@@ -446,6 +446,8 @@ async fn start_frontend_child(
         ("max-inflight-per-instance", h.max_inflight_per_instance.to_string()),
         ("max-queued-requests", h.max_queued_requests.to_string()),
         ("queue-timeout-secs", h.queue_timeout_secs.to_string()),
+        ("max-connections", h.max_connections.to_string()),
+        ("http-header-timeout-secs", h.http_header_timeout_secs.to_string()),
     ] {
         command.arg(format!("--{name}")).arg(value);
     }
