@@ -14,8 +14,14 @@ use serde_json::Value;
 /// Every wait in these tests is bounded by this unless said otherwise.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The binary under test: this build's, or the one `SWITCHYARD_TEST_BIN` names (to run a
+/// test against another build side by side, e.g. a release binary of an earlier commit).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_switchyard")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SWITCHYARD_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_owned())
+    })
 }
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
