@@ -89,8 +89,9 @@ async fn stream_one(http: &reqwest::Client, url: &str, seed: u64) -> Result<Done
     tokio::time::timeout(REQUEST_LIMIT, run).await.unwrap_or_else(|_| Err("timed out".into()))
 }
 
-/// Streams requests `CONCURRENCY` at a time until `stop`; every outcome.
-async fn load(t: &Topology, stop: Arc<AtomicBool>) -> Vec<Outcome> {
+/// Streams requests `CONCURRENCY` at a time until `stop`, counting finished ones in `done`;
+/// every outcome.
+async fn load(t: &Topology, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Vec<Outcome> {
     let url = format!("{}/v1/completions", t.url);
     let next = Arc::new(AtomicU64::new(0));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
@@ -98,6 +99,7 @@ async fn load(t: &Topology, stop: Arc<AtomicBool>) -> Vec<Outcome> {
     for _ in 0..CONCURRENCY {
         let (http, url, next, stop, outcomes) =
             (t.http.clone(), url.clone(), next.clone(), stop.clone(), outcomes.clone());
+        let done = done.clone();
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +107,7 @@ async fn load(t: &Topology, stop: Arc<AtomicBool>) -> Vec<Outcome> {
                 let result = stream_one(&http, &url, seed).await;
                 let outcome = Outcome { seed, started, ended: Instant::now(), result };
                 outcomes.lock().unwrap().push(outcome);
+                done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -171,9 +174,17 @@ async fn nothing_is_lost(mode: Mode) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut nats_server = t.servers.nats.take();
     let started = Instant::now();
-    let (outcomes, events) = tokio::join!(load(&t, stop.clone()), async {
+    let done = Arc::new(AtomicU64::new(0));
+    let (outcomes, events) = tokio::join!(load(&t, stop.clone(), done.clone()), async {
         let mut events = Vec::new();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Faults strike a steady load: every worker streaming responses part-way through
+        // (on a busy machine the first responses take a while).
+        let deadline = Instant::now() + WAIT;
+        while done.load(Ordering::Relaxed) < 2 * CONCURRENCY as u64 {
+            assert!(Instant::now() < deadline, "the load did not get going");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = Instant::now();
         t.workers[0].signal(Signal::SIGKILL);
         let (out, gone) = watch_leaving(&t, "w0", killed).await;
