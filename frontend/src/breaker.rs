@@ -1,7 +1,7 @@
 //! A circuit breaker per instance, so one failure takes an instance out of this frontend's
 //! routing at once instead of when its lease expires. A failed connect, a stream broken
 //! mid-way or a stall opens the breaker; while open, requests skip the instance. After a
-//! back-off (1 s, doubling per further failure up to 30 s) one request at a time may try it
+//! back-off (1 s, doubling per further failure up to 8 s) one request at a time may try it
 //! (half-open); a success closes the breaker.
 //!
 //! Kept off the request path's cost: with every breaker closed, a request pays one atomic load.
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use crate::metrics::{INSTANCE_FAILURES_TOTAL, INSTANCE_PROBES_TOTAL};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Short enough that an instance back from a partition rejoins within seconds.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// A breaker not failed again for this long is dropped: by then discovery has removed a dead
 /// instance, and a live one starts afresh.
 const FORGET_AFTER: Duration = Duration::from_secs(300);
@@ -81,11 +82,9 @@ impl Breakers {
         let mut states = self.states();
         states.retain(|_, b| now.duration_since(b.last_failure) < FORGET_AFTER);
         self.open.store(states.len(), Ordering::Relaxed);
-        for (id, breaker) in states.iter_mut() {
+        for (id, breaker) in states.iter() {
             if now < breaker.retry_at {
                 out.push(id.clone());
-            } else {
-                breaker.retry_at = now + breaker.backoff();
             }
         }
     }
@@ -116,8 +115,15 @@ impl Breakers {
     }
 
     /// Counts a request sent to `id` while its breaker is open: a probe.
+    /// The probe's slot is taken only when a request is really sent (a policy may pass over
+    /// an instance it was free to pick): the next waits another back-off.
     pub fn note_send(&self, id: &str) {
-        if self.any_open() && self.state(id) != InstanceState::Serving {
+        if !self.any_open() {
+            return;
+        }
+        let mut states = self.states();
+        if let Some(breaker) = states.get_mut(id) {
+            breaker.retry_at = Instant::now() + breaker.backoff();
             metrics::counter!(INSTANCE_PROBES_TOTAL, "instance" => id.to_owned()).increment(1);
         }
     }
@@ -170,11 +176,15 @@ mod tests {
         assert_eq!(skip, vec![id.clone()]);
         assert_eq!(breakers.state("a"), InstanceState::Suspect);
 
-        // Past the back-off: one request probes, the next is skipped again.
+        // Past the back-off: requests may try it until one is sent there (the probe); the
+        // next are skipped again.
         breakers.states().get_mut("a").unwrap().retry_at = Instant::now();
         skip.clear();
         breakers.skip_into(&mut skip);
         assert!(skip.is_empty(), "the probe goes through");
+        breakers.skip_into(&mut skip);
+        assert!(skip.is_empty(), "no request was sent there yet");
+        breakers.note_send("a");
         breakers.skip_into(&mut skip);
         assert_eq!(skip, vec![id.clone()], "one probe per back-off");
 
@@ -198,6 +208,6 @@ mod tests {
             // The probe is due (and fails in the next round).
             breakers.states().get_mut("a").unwrap().retry_at = Instant::now();
         }
-        assert_eq!(backoffs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoffs, [1, 2, 4, 8, 8, 8, 8, 8]);
     }
 }
