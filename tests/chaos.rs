@@ -198,18 +198,10 @@ async fn nothing_is_lost(mode: Mode) {
         eprintln!("{mode:?}: SIGSTOPped w1 out of routing after {out:?}, unlisted after {gone:?}");
         events.push(frozen);
 
-        if let Some(mut nats) = nats_server.take() {
+        if let Some(nats) = nats_server.take() {
             tokio::time::sleep(Duration::from_millis(1000)).await;
             let restarted = Instant::now();
-            let nats = tokio::task::spawn_blocking(move || {
-                nats.kill();
-                std::thread::sleep(Duration::from_millis(500));
-                nats.restart();
-                nats
-            })
-            .await
-            .unwrap();
-            nats_server = Some(nats);
+            nats_server = Some(support::bounce_nats(nats).await);
             eprintln!("{mode:?}: NATS restarted in {:?}", restarted.elapsed());
             events.push(restarted);
         }

@@ -124,15 +124,7 @@ async fn nats_restart_ends_or_completes_in_flight_and_serves_again_within_5s() {
     assert_eq!(resp.status(), 200);
     tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap();
 
-    let mut nats = t.servers.nats.take().unwrap();
-    let nats = tokio::task::spawn_blocking(move || {
-        nats.kill();
-        std::thread::sleep(Duration::from_millis(500));
-        nats.restart();
-        nats
-    })
-    .await
-    .unwrap();
+    let nats = support::bounce_nats(t.servers.nats.take().unwrap()).await;
     let back = Instant::now();
     t.servers.nats = Some(nats);
 

@@ -24,6 +24,19 @@ pub fn bin() -> &'static str {
     })
 }
 
+/// Kills `nats`, keeps it down for half a second, starts it again on the same port (on a
+/// blocking thread) and hands it back once it greets clients.
+pub async fn bounce_nats(mut nats: nats_server::NatsServer) -> nats_server::NatsServer {
+    tokio::task::spawn_blocking(move || {
+        nats.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        nats.restart();
+        nats
+    })
+    .await
+    .unwrap()
+}
+
 /// A child process, killed (SIGKILL) and reaped when dropped.
 pub struct Proc {
     pub name: String,
