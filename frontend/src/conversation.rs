@@ -8,6 +8,7 @@ use minijinja::context;
 use minijinja::value::{ValueKind, merge_maps};
 
 use crate::error::Error;
+use crate::literal::{Masked, Prompt, SpecialTexts, unmask};
 use crate::template::ChatTemplate;
 
 /// What transformers appends to the final message to find where it ends in the rendering.
@@ -31,14 +32,17 @@ pub(crate) struct ChatInput<'a> {
 pub(crate) struct SpecialTokens<'a> {
     pub bos: &'a str,
     pub eos: &'a str,
+    /// Every special token's spelling, kept as text where a client writes it in content.
+    pub in_content: Option<&'a SpecialTexts>,
 }
 
-/// Renders `input` with `template`; a conversation the template rejects is a 400.
+/// Renders `input` with `template`; a conversation the template rejects is a 400. Special
+/// tokens spelled out in content are noted as literal text in the prompt.
 pub(crate) fn render(
     template: &ChatTemplate,
     special: SpecialTokens<'_>,
     input: &ChatInput<'_>,
-) -> Result<String, Error> {
+) -> Result<Prompt, Error> {
     if input.messages.is_empty() {
         return Err(Error::invalid("messages", "messages must not be empty"));
     }
@@ -48,11 +52,12 @@ pub(crate) fn render(
             "continue_final_message and add_generation_prompt cannot both be true",
         ));
     }
+    let mut masked = Masked::default();
     let mut messages = input
         .messages
         .iter()
         .enumerate()
-        .map(|(i, m)| template_message(i, m))
+        .map(|(i, m)| template_message(i, m, special.in_content, &mut masked))
         .collect::<Result<Vec<_>, Error>>()?;
     let final_text = if input.continue_final_message {
         Some(open_final_message(template, &mut messages)?)
@@ -90,16 +95,22 @@ pub(crate) fn render(
         };
         Error::invalid("messages", message)
     })?;
-    match final_text {
-        Some(final_text) => close_at_final_message(rendered, &final_text),
-        None => Ok(rendered),
-    }
+    let rendered = match final_text {
+        Some(final_text) => close_at_final_message(rendered, &final_text)?,
+        None => rendered,
+    };
+    Ok(unmask(rendered, &masked))
 }
 
 /// One message as the template sees it: the client's object, with a list of text parts joined
-/// into one string and tool-call `arguments` given as objects (as transformers expects them).
-/// Unchanged messages are shared, not copied.
-fn template_message(index: usize, message: &Value) -> Result<Value, Error> {
+/// into one string, special tokens in its content masked, and tool-call `arguments` given as
+/// objects (as transformers expects them). Unchanged messages are shared, not copied.
+fn template_message(
+    index: usize,
+    message: &Value,
+    specials: Option<&SpecialTexts>,
+    masked: &mut Masked,
+) -> Result<Value, Error> {
     if message.kind() != ValueKind::Map {
         return Err(Error::invalid(format!("messages[{index}]"), "a message must be an object"));
     }
@@ -120,6 +131,11 @@ fn template_message(index: usize, message: &Value) -> Result<Value, Error> {
                 "`content` must be a string or a list of content parts",
             ));
         }
+    };
+    let text = joined.as_deref().or_else(|| content.as_str());
+    let joined = match (specials, text) {
+        (Some(specials), Some(text)) => specials.mask(text, masked).or(joined),
+        _ => joined,
     };
     let tool_calls = message.get_attr("tool_calls").unwrap_or_default();
     let parsed_calls = match tool_calls.kind() {

@@ -82,7 +82,7 @@ pub(crate) async fn prepare_chat(
     tracker.set_model(entry.metrics.clone());
     let preprocessor = entry.preprocessor.get().await?;
     let prompt = preprocessor.render_chat(&chat.input)?;
-    let token_ids = preprocessor.encode(&prompt, false)?;
+    let token_ids = preprocessor.encode_prompt(&prompt)?;
     if token_ids.is_empty() {
         return Err(Error::invalid("messages", "the rendered prompt is empty"));
     }
@@ -94,7 +94,7 @@ pub(crate) async fn prepare_chat(
         mode => {
             let options = ParseOptions {
                 tools: mode == ToolMode::Auto,
-                prompt_opens_reasoning: prompt_opens_reasoning(&prompt),
+                prompt_opens_reasoning: prompt_opens_reasoning(&prompt.text),
             };
             OutputParser::new(entry.parsers, options)
         }
