@@ -27,10 +27,10 @@ pub(crate) struct Migration {
 
 impl Migration {
     /// `None` with a limit of 0: the response ends with its instance.
-    pub fn new(dispatch: Dispatch, request: &GenerateRequest, limit: u32) -> Option<Migration> {
+    pub fn new(dispatch: Dispatch, request: GenerateRequest, limit: u32) -> Option<Migration> {
         (limit > 0 && !request.embed).then(|| Migration {
             dispatch,
-            request: GenerateRequest { disaggregated: None, ..request.clone() },
+            request: GenerateRequest { disaggregated: None, ..request },
             generated: Vec::new(),
             left: limit,
             failed: Vec::new(),
@@ -77,7 +77,7 @@ impl Migration {
             generated_token_ids: self.generated.clone(),
         });
         let dispatch = Dispatch { remote_prefill: false, ..self.dispatch.clone() }.refreshed();
-        let sent = dispatch.send_patiently(request, self.failed.clone()).await;
+        let sent = dispatch.send_patiently(&request, self.failed.clone()).await;
         if sent.is_ok() {
             metrics::counter!(MIGRATIONS_TOTAL, "cause" => cause).increment(1);
         }

@@ -82,8 +82,10 @@ struct Prefilled {
 type FallbackCause = &'static str;
 
 impl Dispatch {
-    /// Sends `request` and waits for its first chunk (with a split, the prefill's token).
-    pub async fn send(self, request: GenerateRequest) -> Result<Dispatched, Error> {
+    /// Sends `request` and waits for its first chunk (with a split, the prefill's token). The
+    /// request is borrowed: the caller keeps it (to move the response on later), and only
+    /// the copy each attempt hands to the plane is made.
+    pub async fn send(self, request: &GenerateRequest) -> Result<Dispatched, Error> {
         self.send_patiently(request, Vec::new()).await
     }
 
@@ -92,13 +94,13 @@ impl Dispatch {
     /// a network blip) the request waits for them rather than failing at once.
     pub async fn send_patiently(
         self,
-        request: GenerateRequest,
+        request: &GenerateRequest,
         avoid: Vec<Arc<str>>,
     ) -> Result<Dispatched, Error> {
         let mut pauses = RETRY_PAUSES.iter();
         let mut this = self;
         loop {
-            match this.clone().send_avoiding(request.clone(), avoid.clone()).await {
+            match this.clone().send_avoiding(request, avoid.clone()).await {
                 // Only failures wait: instances that turned the request away as overloaded
                 // are answered at once.
                 Err(Error::Unavailable { .. })
@@ -126,7 +128,7 @@ impl Dispatch {
     /// [`Dispatch::send`] to an instance other than those in `avoid`.
     pub async fn send_avoiding(
         self,
-        mut request: GenerateRequest,
+        request: &GenerateRequest,
         avoid: Vec<Arc<str>>,
     ) -> Result<Dispatched, Error> {
         if self.model.instances.is_empty() {
@@ -148,17 +150,17 @@ impl Dispatch {
         let skipped = tried.len();
         // Embedding requests have no decode half.
         let mut allow_remote = !request.embed && self.remote_prefill;
-        for attempt in 0..attempts {
-            let Some(routed) = self.select(&request, &tried, allow_remote) else {
+        for _ in 0..attempts {
+            let Some(routed) = self.select(request, &tried, allow_remote) else {
                 break;
             };
             let Routed { decode, prefill } = routed;
             tried.push(decode.instance().clone());
             if let Some(prefill) = prefill {
                 let instance = prefill.instance().clone();
-                match self.prefill(&request, prefill).await {
+                match self.prefill(request, prefill).await {
                     Ok(prefilled) => {
-                        return Ok(self.continue_after(prefilled, request, decode, tried));
+                        return Ok(self.continue_after(prefilled, request.clone(), decode, tried));
                     }
                     Err(cause) => {
                         if Instant::now() >= self.deadline {
@@ -176,13 +178,7 @@ impl Dispatch {
                     }
                 }
             }
-            // Only a request that may still go elsewhere is copied.
-            let this = if attempt + 1 == attempts {
-                std::mem::take(&mut request)
-            } else {
-                request.clone()
-            };
-            if let Some(dispatched) = self.try_instance(this, decode).await? {
+            if let Some(dispatched) = self.try_instance(request.clone(), decode).await? {
                 return Ok(dispatched);
             }
         }

@@ -104,7 +104,7 @@ async fn embed(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
         };
         let _place = state.admit(&entry).await?;
         let dispatch = state.dispatch(&entry, deadline);
-        let dispatched = dispatch.send(request).await?;
+        let dispatched = dispatch.send(&request).await?;
         if let Some(error) = &dispatched.first.error {
             return Err(Error::WorkerRejected { message: error.message.clone() });
         }

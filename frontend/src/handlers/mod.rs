@@ -209,12 +209,12 @@ pub(crate) async fn launch(
         Err(e) => return Err(reject(e, tracker)),
     };
     let dispatch = state.dispatch(&entry, deadline);
-    let migration = Migration::new(dispatch.clone(), &request, state.config.migration_limit);
     let dispatched_at = std::time::Instant::now();
-    let dispatched = match dispatch.send(request).await {
+    let dispatched = match dispatch.clone().send(&request).await {
         Ok(dispatched) => dispatched,
         Err(e) => return Err(reject(e, tracker)),
     };
+    let migration = Migration::new(dispatch, request, state.config.migration_limit);
     tracker.prompt_sent(prompt_tokens);
     let setup = GenerationSetup {
         detokenizer: preprocessor.detokenizer(entry.parsers.special_tokens()),
