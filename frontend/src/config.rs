@@ -10,6 +10,7 @@ use switchyard_runtime::events::EventSubscriber;
 use crate::admission::AdmissionConfig;
 use crate::auth::ApiKeys;
 use crate::http_server::HttpLimits;
+use crate::https::HttpTls;
 
 /// Everything [`crate::serve`] needs besides its listener, discovery and request client.
 #[derive(Clone)]
@@ -44,6 +45,8 @@ pub struct FrontendConfig {
     pub stall_timeout: Duration,
     /// The HTTP server's connection cap and header timeout.
     pub http: HttpLimits,
+    /// HTTPS: the server's certificate and key (`None`: plain HTTP).
+    pub tls: Option<HttpTls>,
     /// Places per instance and the queue in front of them.
     pub admission: AdmissionConfig,
     /// API keys the frontend accepts (none: no key needed).
@@ -70,6 +73,7 @@ impl Default for FrontendConfig {
             api_keys: ApiKeys::default(),
             admission: AdmissionConfig::default(),
             http: HttpLimits::default(),
+            tls: None,
             default_max_tokens: 8192,
         }
     }
@@ -92,6 +96,7 @@ impl fmt::Debug for FrontendConfig {
             .field("api_keys", &self.api_keys)
             .field("admission", &self.admission)
             .field("http", &self.http)
+            .field("tls", &self.tls.is_some())
             .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }

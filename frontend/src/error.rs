@@ -63,6 +63,9 @@ pub enum Error {
     /// The event plane could not be subscribed to at start-up.
     #[error("event plane: {0}")]
     Events(#[source] switchyard_runtime::Error),
+    /// Settings that cannot be used (found at start-up).
+    #[error("{0}")]
+    Config(String),
     /// The listener failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -93,9 +96,11 @@ impl Error {
             Error::Worker(_) => StatusCode::BAD_GATEWAY,
             // The model is not served until its files load; the reason is the operator's.
             Error::ModelLoad { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Config(_)
+            | Error::Io(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -116,9 +121,11 @@ impl Error {
             Error::Timeout { .. } => ("server_error", Some("timeout")),
             Error::Worker(_) => ("server_error", Some("worker_error")),
             Error::ModelLoad { .. } => ("server_error", Some("model_not_served")),
-            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
-                ("server_error", Some("internal_error"))
-            }
+            Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Config(_)
+            | Error::Io(_)
+            | Error::Internal(_) => ("server_error", Some("internal_error")),
         }
     }
 
@@ -127,9 +134,11 @@ impl Error {
     fn public_message(&self) -> Cow<'_, str> {
         match self {
             Error::Worker(_) => Cow::Borrowed("the worker failed while serving the request"),
-            Error::Discovery(_) | Error::Events(_) | Error::Io(_) | Error::Internal(_) => {
-                Cow::Borrowed("internal server error")
-            }
+            Error::Discovery(_)
+            | Error::Events(_)
+            | Error::Config(_)
+            | Error::Io(_)
+            | Error::Internal(_) => Cow::Borrowed("internal server error"),
             other => Cow::Owned(other.to_string()),
         }
     }

@@ -3,7 +3,8 @@
 //! time limit on reading each request's headers, which also closes a kept-alive connection
 //! idle that long. Every connection gets TCP_NODELAY (streamed responses on kept-alive
 //! connections must not wait on Nagle and delayed ACKs). On shutdown it stops accepting and
-//! lets open requests finish.
+//! lets open requests finish. With [`HttpTls`] it speaks HTTPS; the TLS handshake has the
+//! header-read limit too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +14,15 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::https::HttpTls;
 use crate::metrics::CONNECTIONS_REFUSED_TOTAL;
 
 /// The server's limits.
@@ -51,6 +55,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<HttpTls>,
     shutdown: CancellationToken,
 ) {
     let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -79,14 +84,19 @@ pub(crate) async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            app.clone().oneshot(request)
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (app, http, watcher, tls) =
+            (app.clone(), http.clone(), graceful.watcher(), tls.clone());
         connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, app, &http, watcher).await,
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app, &http, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(place);
         });
@@ -95,5 +105,21 @@ pub(crate) async fn serve(
     connections.close();
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// Serves HTTP/1 requests on one accepted connection until it closes (or shutdown ends it).
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    http: &hyper::server::conn::http1::Builder,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |request: Request<Incoming>| app.clone().oneshot(request));
+    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(io), service)).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -16,11 +16,15 @@ mod config;
 mod conversation;
 mod detokenize;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod generation;
 mod handlers;
 mod health;
 mod http_server;
+mod https;
 mod kv_router;
+mod literal;
 mod logprobs;
 pub mod metrics;
 mod migration;
@@ -52,6 +56,7 @@ pub use auth::ApiKeys;
 pub use config::FrontendConfig;
 pub use error::Error;
 pub use http_server::HttpLimits;
+pub use https::HttpTls;
 pub use parsers::{ReasoningParserKind, ToolParserKind};
 use switchyard_router::RoutingConfig;
 pub use switchyard_router::{DisaggConfig, PolicyKind};
@@ -124,9 +129,10 @@ pub async fn serve(
     let breakers = Arc::default();
     let queue = admission::Queue::default();
     let state = Arc::new(AppState { policy, kv, registry, client, config, breakers, queue });
+    let tls = state.config.tls.clone();
     let app = router(state);
-    tracing::info!(address = ?listener.local_addr().ok(), "frontend listening");
-    http_server::serve(listener, app, limits, shutdown.clone()).await;
+    tracing::info!(address = ?listener.local_addr().ok(), https = tls.is_some(), "frontend listening");
+    http_server::serve(listener, app, limits, tls, shutdown.clone()).await;
     stop.cancel();
     tasks.close();
     if tokio::time::timeout(TASKS_DRAIN_TIMEOUT, tasks.wait()).await.is_err() {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_frontend::{AdmissionConfig, ApiKeys, DisaggConfig, FrontendConfig, HttpLimits};
+use switchyard_frontend::{
+    AdmissionConfig, ApiKeys, DisaggConfig, FrontendConfig, HttpLimits, HttpTls,
+};
 use switchyard_router::{KvPolicyConfig, PolicyConfig, PolicyKind};
 use switchyard_runtime::Discovery;
 use tokio::net::{TcpListener, TcpSocket};
@@ -56,6 +58,15 @@ pub struct HttpArgs {
     /// probes and scrapers).
     #[arg(long, env = env::API_KEY_PROTECT_OPS)]
     pub api_key_protect_ops: bool,
+
+    /// HTTPS: the server's certificate chain (PEM, its own certificate first); with
+    /// --tls-key-file the frontend speaks HTTPS only.
+    #[arg(long, env = env::TLS_CERT_FILE, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// HTTPS: the certificate's private key (PEM).
+    #[arg(long, env = env::TLS_KEY_FILE, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
 
     /// Admission control: requests one instance may hold from this frontend at once (a
     /// model's places are this × its instances); 0 turns admission control off.
@@ -151,6 +162,10 @@ impl HttpArgs {
             );
             keys.extend(from_file);
         }
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(HttpTls::load(cert, key)?),
+            _ => None,
+        };
         Ok(FrontendConfig {
             router_mode: self.router_mode,
             policy: PolicyConfig {
@@ -178,6 +193,7 @@ impl HttpArgs {
                 header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
                 ..HttpLimits::default()
             },
+            tls,
             admission: AdmissionConfig {
                 max_inflight_per_instance: self.max_inflight_per_instance,
                 max_queued: self.max_queued_requests,
@@ -220,7 +236,8 @@ pub struct FrontendArgs {
 pub async fn run(args: FrontendArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let discovery = args.store.open().await?;
     let listener = args.http.bind().await?;
-    println!("switchyard frontend listening on http://{}", listener.local_addr()?);
+    let scheme = if args.http.tls_cert_file.is_some() { "https" } else { "http" };
+    println!("switchyard frontend listening on {scheme}://{}", listener.local_addr()?);
     serve(listener, &args.http, &args.plane, discovery, shutdown).await
 }
 

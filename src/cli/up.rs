@@ -162,7 +162,8 @@ impl LocalTopology {
         let addr = listener.local_addr()?;
         let host =
             if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        let url = format!("http://{host}:{}", addr.port());
+        let scheme = if args.http.tls_cert_file.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{host}:{}", addr.port());
         if args.frontend_process {
             // The child binds the port itself: free it first.
             drop(listener);
@@ -428,6 +429,9 @@ async fn start_frontend_child(
     }
     if h.api_key_protect_ops {
         command.arg("--api-key-protect-ops");
+    }
+    if let (Some(cert), Some(key)) = (&h.tls_cert_file, &h.tls_key_file) {
+        command.arg("--tls-cert-file").arg(cert).arg("--tls-key-file").arg(key);
     }
     for (name, value) in [
         ("http-host", host.to_owned()),

@@ -105,7 +105,10 @@ pub fn wait_for_line(proc: &mut Proc, marker: &str) -> String {
 
 /// Extracts `http://host:port` from a line.
 pub fn url_in(line: &str) -> String {
-    let start = line.find("http://").unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let start = line
+        .find("http://")
+        .or_else(|| line.find("https://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"));
     let rest = &line[start..];
     let end = rest.find(|c: char| c.is_whitespace() || c == ';').unwrap_or(rest.len());
     rest[..end].trim_end_matches("/v1").to_owned()

@@ -71,7 +71,7 @@ async fn prepare(
 }
 
 /// The one prompt of the request; a list of several is refused (one request per prompt).
-fn single_prompt(prompt: Option<Prompt>) -> Result<PromptItem, Error> {
+pub(crate) fn single_prompt(prompt: Option<Prompt>) -> Result<PromptItem, Error> {
     match prompt {
         None => Err(Error::invalid("prompt", "`prompt` is required")),
         Some(Prompt::Text(text)) => Ok(PromptItem::Text(text)),
