@@ -3,9 +3,8 @@
 //! the fuzz targets in `fuzz/`. Not part of the API.
 
 use crate::error::Error;
-use crate::handlers::completions::single_prompt;
-use crate::openai::params::validate;
-use crate::openai::request::{ChatCompletionRequest, CompletionRequest, PromptItem, parse};
+use crate::handlers::chat::parse_chat;
+use crate::handlers::completions::parse_completion;
 use crate::preprocess::Preprocessor;
 
 /// The endpoint whose parsing to run.
@@ -48,24 +47,13 @@ impl Harness {
     }
 
     fn chat(&self, body: &[u8]) -> Result<Vec<u32>, Error> {
-        let mut request: ChatCompletionRequest = parse(body)?;
-        validate(request.take_params()?, request.max_completion_tokens)?;
-        if request.messages.is_none() {
-            return Err(Error::invalid("messages", "`messages` is required"));
-        }
+        let (request, _) = parse_chat(body)?;
         let prompt = self.preprocessor.render_chat(&request.chat_input())?;
         self.preprocessor.encode_prompt(&prompt)
     }
 
     fn completion(&self, body: &[u8]) -> Result<Vec<u32>, Error> {
-        let mut request: CompletionRequest = parse(body)?;
-        validate(request.take_params(), None)?;
-        match single_prompt(request.prompt.take())? {
-            PromptItem::Text(text) => self.preprocessor.encode(&text, true),
-            PromptItem::Tokens(ids) => {
-                self.preprocessor.check_token_ids(&ids, "prompt")?;
-                Ok(ids)
-            }
-        }
+        let (_, _, prompt) = parse_completion(body)?;
+        self.preprocessor.prompt_ids(prompt, "prompt")
     }
 }

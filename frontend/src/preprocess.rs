@@ -11,6 +11,7 @@ use crate::conversation::{self, ChatInput, SpecialTokens};
 use crate::detokenize::{Detokenizer, TokenBytes};
 use crate::error::Error;
 use crate::literal::{Prompt, SpecialTexts};
+use crate::openai::request::PromptItem;
 use crate::template::ChatTemplate;
 
 /// What serving one model's requests needs besides the worker.
@@ -163,6 +164,18 @@ impl Preprocessor {
         }
         ids.extend(self.encode(&prompt.text[at..], false)?);
         Ok(ids)
+    }
+
+    /// A client's prompt as token ids: its text tokenized (with what the post-processor adds),
+    /// or its ids checked against the vocabulary (`param` names it in the 400).
+    pub fn prompt_ids(&self, prompt: PromptItem, param: &'static str) -> Result<Vec<u32>, Error> {
+        match prompt {
+            PromptItem::Text(text) => self.encode(&text, true),
+            PromptItem::Tokens(ids) => {
+                self.check_token_ids(&ids, param)?;
+                Ok(ids)
+            }
+        }
     }
 
     /// 400 when a client-given prompt holds ids the tokenizer does not know.

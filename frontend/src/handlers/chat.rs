@@ -48,11 +48,7 @@ async fn prepare(
     tracker: &mut RequestTracker,
 ) -> Result<Prepared, Error> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
-    let mut request: ChatCompletionRequest = parse(&body)?;
-    let params = validate(request.take_params()?, request.max_completion_tokens)?;
-    if request.messages.is_none() {
-        return Err(Error::invalid("messages", "`messages` is required"));
-    }
+    let (request, params) = parse_chat(&body)?;
     let chat = ChatRequest {
         model: request.model.as_deref(),
         input: request.chat_input(),
@@ -60,6 +56,16 @@ async fn prepare(
         nvext: request.nvext.is_some_and(|n| n.timing),
     };
     prepare_chat(state, tracker, chat, params).await
+}
+
+/// The body of a chat completion request, parsed and its parameters checked.
+pub(crate) fn parse_chat(body: &[u8]) -> Result<(ChatCompletionRequest, RequestParams), Error> {
+    let mut request: ChatCompletionRequest = parse(body)?;
+    let params = validate(request.take_params()?, request.max_completion_tokens)?;
+    if request.messages.is_none() {
+        return Err(Error::invalid("messages", "`messages` is required"));
+    }
+    Ok((request, params))
 }
 
 /// A chat request, from `/v1/chat/completions` or `/v1/responses`.

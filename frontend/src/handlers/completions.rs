@@ -13,7 +13,7 @@ use super::{AppState, Prepared, body_bytes, deadline, lookup, reject, respond};
 use crate::chat_output::ChatOutput;
 use crate::error::Error;
 use crate::metrics::{Endpoint, RequestTracker};
-use crate::openai::params::validate;
+use crate::openai::params::{RequestParams, validate};
 use crate::openai::request::{CompletionRequest, Prompt, PromptItem, parse};
 use crate::stream::ApiKind;
 
@@ -43,19 +43,11 @@ async fn prepare(
     tracker: &mut RequestTracker,
 ) -> Result<Prepared, Error> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
-    let mut request: CompletionRequest = parse(&body)?;
-    let params = validate(request.take_params(), None)?;
-    let prompt = single_prompt(request.prompt.take())?;
+    let (request, params, prompt) = parse_completion(&body)?;
     let entry = lookup(state, request.model.as_deref())?;
     tracker.set_model(entry.metrics.clone());
     let preprocessor = entry.preprocessor.get().await?;
-    let token_ids = match prompt {
-        PromptItem::Text(text) => preprocessor.encode(&text, true)?,
-        PromptItem::Tokens(ids) => {
-            preprocessor.check_token_ids(&ids, "prompt")?;
-            ids
-        }
-    };
+    let token_ids = preprocessor.prompt_ids(prompt, "prompt")?;
     if token_ids.is_empty() {
         return Err(Error::invalid("prompt", "the prompt must not be empty"));
     }
@@ -70,8 +62,18 @@ async fn prepare(
     })
 }
 
+/// The body of a completion request, parsed, its parameters checked, and its one prompt.
+pub(crate) fn parse_completion(
+    body: &[u8],
+) -> Result<(CompletionRequest, RequestParams, PromptItem), Error> {
+    let mut request: CompletionRequest = parse(body)?;
+    let params = validate(request.take_params(), None)?;
+    let prompt = single_prompt(request.prompt.take())?;
+    Ok((request, params, prompt))
+}
+
 /// The one prompt of the request; a list of several is refused (one request per prompt).
-pub(crate) fn single_prompt(prompt: Option<Prompt>) -> Result<PromptItem, Error> {
+fn single_prompt(prompt: Option<Prompt>) -> Result<PromptItem, Error> {
     match prompt {
         None => Err(Error::invalid("prompt", "`prompt` is required")),
         Some(Prompt::Text(text)) => Ok(PromptItem::Text(text)),

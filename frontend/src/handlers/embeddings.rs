@@ -83,13 +83,7 @@ async fn embed(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
     let mut data = Vec::with_capacity(inputs.len());
     let mut prompt_tokens = 0usize;
     for (index, input) in inputs.into_iter().enumerate() {
-        let token_ids = match input {
-            PromptItem::Text(text) => preprocessor.encode(&text, true)?,
-            PromptItem::Tokens(ids) => {
-                preprocessor.check_token_ids(&ids, "input")?;
-                ids
-            }
-        };
+        let token_ids = preprocessor.prompt_ids(input, "input")?;
         if token_ids.is_empty() {
             return Err(Error::invalid("input", "an input must not be empty"));
         }
