@@ -62,7 +62,7 @@ fn small_random(num_prompts: usize, output_len: u32) -> DatasetConfig {
 async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
     let script = Script {
         ttft: Duration::from_millis(30),
-        per_token: Duration::from_millis(4),
+        per_token: Duration::from_millis(12),
         fail_every: None,
     };
     let server = ScriptedServer::start(script).await;
@@ -98,9 +98,9 @@ async fn measured_ttft_itl_and_e2e_match_the_servers_own_log() {
         percentile_sorted(&d, 50.0)
     });
     eprintln!("bias at p50 (ms): TTFT {ttft:.3}, ITL {itl:.3}, E2E {e2e:.3}");
-    // Half a token's interval (4 ms here): a reading taken at the wrong chunk is caught, the
-    // scheduling noise of a busy machine is not mistaken for a bias.
-    const TOLERANCE_MS: f64 = 2.0;
+    // Half a token's interval (12 ms here): a reading taken at the wrong chunk is caught, the
+    // scheduling noise of a busy machine (up to 3 ms seen in CI) is not mistaken for a bias.
+    const TOLERANCE_MS: f64 = 6.0;
     for (what, bias) in [("TTFT", ttft), ("ITL", itl), ("E2E", e2e)] {
         assert!(
             bias.abs() < TOLERANCE_MS,
